@@ -1,0 +1,97 @@
+"""The ``lurestream`` command: ``serve``, ``init-db`` and ``demo``.
+
+Configuration errors end the command with exit status 2 and one line naming the setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Sequence
+
+from lurestream import __version__
+from lurestream.config import ConfigError, Config, add_flags, load_config
+from lurestream.logs import setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lurestream", description="SSE streams of live deception-network events.")
+    parser.add_argument("--version", action="version", version=f"lurestream {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the server", description="Run the SSE server. Every flag is also "
+                           "an environment variable: --port is LURESTREAM_PORT.")
+    add_flags(serve)
+    init_db = sub.add_parser("init-db", help="create the MongoDB indexes (idempotent)")
+    for name in ("mongo_uri", "mongo_db", "mongo_driver"):
+        init_db.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE")
+    demo = sub.add_parser("demo", help="run a self-contained demo: local NATS, MongoDB-wire, data, publisher, server")
+    demo.add_argument("--port", type=int, default=8700, help="HTTP port (default 8700; 0 = any free port)")
+    demo.add_argument("--rate", type=float, default=3.0, help="simulated events per second (default 3)")
+    demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: until Ctrl-C)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        if args.command == "serve":
+            return _serve(load_config(flags=flags))
+        if args.command == "init-db":
+            return _init_db(flags)
+        if args.command == "demo":
+            from lurestream.demo import run_demo
+
+            return run_demo(port=args.port, rate=args.rate, duration=args.duration)
+    except ConfigError as exc:
+        print(f"lurestream: configuration error: {exc}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _serve(config: Config) -> int:
+    setup_logging(config.log_level, config.log_format)
+    if config.processes != 1:
+        from lurestream.workers import run_workers
+
+        return run_workers(config)
+    from lurestream.server import serve
+
+    asyncio.run(serve(config))
+    return 0
+
+
+def _init_db(flags: dict[str, str | None]) -> int:
+    import os
+
+    from lurestream.config import SETTINGS
+
+    env = dict(os.environ)
+    env.setdefault("LURESTREAM_DEV_INSECURE", "true")  # init-db needs no JWT secret
+    env.setdefault("LURESTREAM_JWT_SECRET", "unused-by-init-db")
+    config = load_config(env=env, flags={s.name: flags.get(s.name) for s in SETTINGS})
+    from lurestream.store.mongo import MongoStore
+
+    async def run() -> list[str]:
+        store = MongoStore(config.mongo_uri, config.mongo_db, config.mongo_driver, config.mongo_timeout_ms)
+        try:
+            return await store.init_indexes()
+        finally:
+            await store.close()
+
+    from lurestream.store import StoreUnavailable
+
+    try:
+        names = asyncio.run(run())
+    except StoreUnavailable as exc:
+        print(f"lurestream init-db: {exc} at {config.mongo_uri}", file=sys.stderr)
+        return 1
+    for name in names:
+        print(f"index ready: {name}")
+    return 0

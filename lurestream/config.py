@@ -1,0 +1,259 @@
+"""Configuration: one frozen dataclass built from ``LURESTREAM_*`` env vars and same-named flags.
+
+Every setting is declared once in ``SETTINGS``; the env var, the ``serve`` flag, the default and the
+parser all come from that declaration, so they cannot drift apart. Flags win over the environment.
+A bad value raises :class:`ConfigError` whose message names the setting (SPEC §9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping, Sequence
+
+MIN_SECRET_LENGTH = 32
+SUPPORTED_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message starts with the setting's env var name."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+
+
+def _int(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(low: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if not value > low:
+            raise ValueError(f"must be greater than {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _algorithms(raw: str) -> tuple[str, ...]:
+    algs = tuple(a.upper() for a in _csv(raw))
+    if not algs:
+        raise ValueError("at least one algorithm is required")
+    for alg in algs:
+        if alg not in SUPPORTED_ALGORITHMS:
+            raise ValueError(f"unsupported algorithm {alg!r} (supported: {', '.join(SUPPORTED_ALGORITHMS)})")
+    return algs
+
+
+def _nats_url(raw: str) -> str:
+    value = raw.strip()
+    for url in filter(None, (u.strip() for u in value.split(","))):
+        if not url.startswith(("nats://", "tls://", "ws://", "wss://")):
+            raise ValueError(f"expected nats://host:port (or empty to disable the bus), got {url!r}")
+    return value
+
+
+def _mongo_uri(raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith(("mongodb://", "mongodb+srv://")):
+        raise ValueError(f"expected a mongodb:// URI, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration knob: its field name, default (as the env var would spell it) and parser."""
+
+    name: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "LURESTREAM_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", "127.0.0.1", _str, "address to listen on"),
+    Setting("port", "8700", _int(0, 65535), "port to listen on"),
+    Setting("processes", "1", _int(0, 1024), "worker processes sharing the port (0 = one per CPU)"),
+    Setting("nats_url", "nats://127.0.0.1:4222", _nats_url, "NATS server URL(s), comma-separated; empty disables the bus"),
+    Setting("mongo_uri", "mongodb://127.0.0.1:27017", _mongo_uri, "MongoDB connection URI"),
+    Setting("mongo_db", "decnet", _str, "MongoDB database name"),
+    Setting("mongo_driver", "pymongo", _choice("pymongo", "motor"), "pymongo (async API) or motor"),
+    Setting("mongo_timeout_ms", "2000", _int(100), "how long a MongoDB call may wait for a server before 503"),
+    Setting("jwt_secret", "", _str, "HMAC secret for HS* tokens (at least 32 characters)"),
+    Setting("jwt_algorithms", "HS256", _algorithms, "accepted JWT algorithms, comma-separated"),
+    Setting("jwt_public_key_file", "", _str, "PEM public key file for RS*/ES* tokens"),
+    Setting("jwt_issuer", "decnet", _str, "required iss claim"),
+    Setting("jwt_audience", "decnet-dashboard", _str, "required aud claim"),
+    Setting("jwt_type", "access", _str, "required typ claim"),
+    Setting("stream_roles", "viewer,admin", _csv, "roles allowed to open streams, comma-separated"),
+    Setting("sse_max_per_user", "5", _int(1), "open streams per user per process"),
+    Setting("keepalive_seconds", "15", _float(0), "idle time before a keepalive comment"),
+    Setting("send_timeout_seconds", "10", _float(0), "a write that does not complete within this closes the stream"),
+    Setting("queue_max", "256", _int(1), "events buffered per connection"),
+    Setting("ticket_ttl_seconds", "60", _int(1, 3600), "lifetime of a stream ticket"),
+    Setting("allow_query_token", "true", _bool, "accept ?token=<JWT> on stream endpoints"),
+    Setting("cors_origins", "", _csv, "origins allowed to open streams, comma-separated (* for any)"),
+    Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "log level"),
+    Setting("log_format", "text", _choice("text", "json"), "text, or json for one object a line"),
+    Setting("dev_insecure", "false", _bool, "DEV ONLY: accept a missing or short JWT secret"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated settings of one server process (see SETTINGS for meanings)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8700
+    processes: int = 1
+    nats_url: str = "nats://127.0.0.1:4222"
+    mongo_uri: str = "mongodb://127.0.0.1:27017"
+    mongo_db: str = "decnet"
+    mongo_driver: str = "pymongo"
+    mongo_timeout_ms: int = 2000
+    jwt_secret: str = ""
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_public_key_file: str = ""
+    jwt_issuer: str = "decnet"
+    jwt_audience: str = "decnet-dashboard"
+    jwt_type: str = "access"
+    stream_roles: tuple[str, ...] = ("viewer", "admin")
+    sse_max_per_user: int = 5
+    keepalive_seconds: float = 15.0
+    send_timeout_seconds: float = 10.0
+    queue_max: int = 256
+    ticket_ttl_seconds: int = 60
+    allow_query_token: bool = True
+    cors_origins: tuple[str, ...] = ()
+    log_level: str = "info"
+    log_format: str = "text"
+    dev_insecure: bool = False
+    jwt_public_key: str = field(default="", repr=False)
+
+    def __repr__(self) -> str:  # never print the secret
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("jwt_secret", "jwt_public_key")}
+        return f"Config({shown}, jwt_secret={'***' if self.jwt_secret else ''!r})"
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--flag`` per setting; defaults stay None so the environment can fill the gaps."""
+    for s in SETTINGS:
+        parser.add_argument(s.flag, dest=s.name, default=None, metavar="VALUE", help=f"{s.help} [{s.env}, default {s.default!r}]")
+
+
+def load_config(env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None) -> Config:
+    """Build and validate the Config from the environment and parsed flags (flags win)."""
+    env = os.environ if env is None else env
+    flags = flags or {}
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        raw = flags.get(s.name)
+        if raw is None:
+            raw = env.get(s.env, s.default)
+        try:
+            values[s.name] = s.parse(str(raw))
+        except ValueError as exc:
+            raise ConfigError(s.env, str(exc)) from None
+    values["jwt_public_key"] = _read_public_key(values["jwt_public_key_file"])
+    config = Config(**values)
+    _check_keys(config)
+    return config
+
+
+def _read_public_key(path: str) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, encoding="ascii") as fh:
+            key = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("LURESTREAM_JWT_PUBLIC_KEY_FILE", f"cannot read {path!r}: {exc}") from None
+    if "BEGIN" not in key:
+        raise ConfigError("LURESTREAM_JWT_PUBLIC_KEY_FILE", f"{path!r} is not a PEM public key")
+    return key
+
+
+def _check_keys(config: Config) -> None:
+    hmac_algs = [a for a in config.jwt_algorithms if a.startswith("HS")]
+    asym_algs = [a for a in config.jwt_algorithms if not a.startswith("HS")]
+    if asym_algs and not config.jwt_public_key:
+        raise ConfigError(
+            "LURESTREAM_JWT_PUBLIC_KEY_FILE", f"required for {', '.join(asym_algs)} in LURESTREAM_JWT_ALGORITHMS"
+        )
+    if hmac_algs and not config.dev_insecure:
+        if not config.jwt_secret:
+            raise ConfigError("LURESTREAM_JWT_SECRET", "is required (set LURESTREAM_DEV_INSECURE=true only for development)")
+        if len(config.jwt_secret) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                "LURESTREAM_JWT_SECRET",
+                f"is too weak: {len(config.jwt_secret)} characters, at least {MIN_SECRET_LENGTH} required",
+            )
+    if hmac_algs and not config.jwt_secret:
+        raise ConfigError("LURESTREAM_JWT_SECRET", "is empty; even in dev mode an HS* algorithm needs a secret")
+
+
+def config_from(overrides: Mapping[str, Any] | None = None, base: Sequence[tuple[str, str]] = ()) -> Config:
+    """Config from defaults plus keyword overrides given as env-style strings (used by tests and the demo)."""
+    env = dict(base)
+    for key, value in (overrides or {}).items():
+        env["LURESTREAM_" + key.upper()] = value if isinstance(value, str) else _render(value)
+    return load_config(env=env)
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)

@@ -1,0 +1,16 @@
+"""HTTP handlers; each module ends with ``handlers(services)``, its route list (jupyter_server style)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lurestream.handlers import attackers, ops, tickets, topologies
+
+MODULES = (attackers, topologies, tickets, ops)
+
+
+def all_handlers(services: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
+    routes: list[tuple[str, type, dict[str, Any]]] = []
+    for module in MODULES:
+        routes.extend(module.handlers(services))
+    return routes

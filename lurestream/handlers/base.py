@@ -1,0 +1,118 @@
+"""BaseHandler: credentials, JSON errors and CORS, shared by every endpoint.
+
+Auth runs once in ``prepare()`` for handlers that set ``auth_required``; every error leaves through
+``write_error`` as ``{"detail": ...}`` JSON (401s with ``WWW-Authenticate: Bearer``). Collaborators
+arrive through ``initialize()`` from the route table, never by import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import tornado.web
+
+from lurestream.auth import INVALID_CREDENTIALS, NOT_AUTHENTICATED, AuthError, Authenticator, Identity
+from lurestream.config import Config
+from lurestream.redact import redact
+from lurestream.store import StoreUnavailable
+
+log = logging.getLogger("lurestream.handlers")
+
+STORE_UNAVAILABLE = "Store unavailable"
+
+
+class ApiError(tornado.web.HTTPError):
+    """An error answered as ``{"detail": detail}`` with ``status``."""
+
+    def __init__(self, status: int, detail: str, log_message: str | None = None) -> None:
+        super().__init__(status, log_message=redact(log_message or detail).replace("%", "%%"))
+        self.detail = detail
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Shared request plumbing; subclasses declare ``auth_required`` and ``accept_ticket``."""
+
+    auth_required = False
+    accept_ticket = False
+    accept_query_token = False
+
+    def initialize(self, config: Config, auth: Authenticator, **services: Any) -> None:
+        self.config = config
+        self.auth = auth
+        self.identity: Identity | None = None
+        for name, service in services.items():
+            setattr(self, name, service)
+
+    # -- CORS -----------------------------------------------------------------------------------
+    def set_default_headers(self) -> None:
+        origin = self.request.headers.get("Origin")
+        allowed = self.settings.get("cors_origins", ())
+        if origin and ("*" in allowed or origin in allowed):
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Vary", "Origin")
+
+    def options(self, *args: Any) -> None:
+        """CORS preflight: answered without credentials (the real request still needs them)."""
+        self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID")
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+
+    # -- auth -----------------------------------------------------------------------------------
+    async def prepare(self) -> None:
+        if not self.auth_required or self.request.method == "OPTIONS":
+            return
+        try:
+            self.identity = await self._authenticate()
+        except AuthError as exc:
+            raise ApiError(exc.status, exc.detail, f"auth refused: {exc.reason}") from None
+        except StoreUnavailable as exc:
+            raise ApiError(503, STORE_UNAVAILABLE, str(exc)) from None
+
+    async def _authenticate(self) -> Identity:
+        """Credentials in SPEC §5.1 order: Bearer header, then ?ticket=, then ?token=."""
+        header = self.request.headers.get("Authorization", "")
+        if header:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise AuthError(401, INVALID_CREDENTIALS, "malformed Authorization header")
+            return await self.auth.authenticate_token(token.strip())
+        if self.accept_ticket:
+            ticket = self.get_query_argument("ticket", None)
+            if ticket:
+                return await self.auth.redeem_ticket(ticket)
+        if self.accept_query_token and self.config.allow_query_token:
+            token = self.get_query_argument("token", None)
+            if token:
+                return await self.auth.authenticate_token(token)
+        raise AuthError(401, NOT_AUTHENTICATED, "no credentials")
+
+    # -- responses ------------------------------------------------------------------------------
+    def write_json(self, body: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body, separators=(",", ":")))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        detail = exc.detail if isinstance(exc, ApiError) else (self._reason or "Internal Server Error")
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", "Bearer")
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"detail": detail}, separators=(",", ":")))
+
+    def _request_summary(self) -> str:
+        # Tornado's warning/error lines print the URI; keep credentials out of them.
+        return f"{self.request.method} {redact(self.request.uri or '')} ({self.request.remote_ip})"
+
+
+class NotFoundHandler(BaseHandler):
+    """Unknown paths get the same JSON error shape as everything else."""
+
+    def initialize(self, **kwargs: Any) -> None:  # needs no collaborators
+        self.identity = None
+
+    def prepare(self) -> None:  # type: ignore[override]
+        raise ApiError(404, "Not Found")

@@ -1,0 +1,47 @@
+"""/healthz (the process serves) and /readyz (MongoDB answers and the bus is up or disabled)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from lurestream.handlers.base import BaseHandler
+from lurestream.hub import BUS_DISCONNECTED, Hub
+from lurestream.store import Store, StoreUnavailable
+
+READY_PING_SECONDS = 2.0
+
+
+class HealthHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json({"status": "ok"})
+
+
+class ReadyHandler(BaseHandler):
+    hub: Hub
+    store: Store
+
+    async def get(self) -> None:
+        store_state = "ok"
+        try:
+            await asyncio.wait_for(self.store.ping(), READY_PING_SECONDS)
+        except (StoreUnavailable, asyncio.TimeoutError):
+            store_state = "down"
+        bus_state = self.hub.state
+        down = [name for name, bad in (("store", store_state != "ok"), ("bus", bus_state == BUS_DISCONNECTED)) if bad]
+        if self.settings.get("draining"):
+            down.append("draining")
+        body: dict[str, Any] = {"store": store_state, "bus": bus_state}
+        if down:
+            body["detail"] = "not ready: " + ", ".join(down) + " unavailable"
+            self.write_json(body, 503)
+        else:
+            body["status"] = "ready"
+            self.write_json(body)
+
+
+def handlers(services: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
+    return [
+        (r"/healthz", HealthHandler, services),
+        (r"/readyz", ReadyHandler, services),
+    ]

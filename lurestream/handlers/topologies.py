@@ -1,0 +1,26 @@
+"""The per-topology stream (SPEC §4): keyed by the topology id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lurestream.handlers.stream import StreamHandler
+from lurestream.routing import Key, topology_keys
+
+
+class TopologyEventsHandler(StreamHandler):
+    not_found = "Topology not found"
+
+    async def load(self, resource_id: str) -> dict[str, Any] | None:
+        return await self.store.get_topology(resource_id)
+
+    def keys(self, resource: dict[str, Any]) -> list[Key]:
+        return topology_keys(resource)
+
+    async def snapshot(self, resource: dict[str, Any]) -> dict[str, Any]:
+        in_flight = await self.store.in_flight_mutations(resource["_id"])
+        return {"topology_id": resource["_id"], "status": resource.get("status"), "in_flight": in_flight}
+
+
+def handlers(services: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
+    return [(r"/api/v1/topologies/([^/]+)/events", TopologyEventsHandler, services)]

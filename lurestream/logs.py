@@ -1,0 +1,77 @@
+"""Logging set-up: text or one JSON object a line, credentials redacted on every handler.
+
+The access log line is built here (Tornado's ``log_function`` setting) from the redacted URI, so a
+``token=`` or ``ticket=`` never reaches it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from lurestream.redact import RedactingFilter, redact
+
+access_log = logging.getLogger("tornado.access")
+
+_RECORD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any ``extra=`` request fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update((k, v) for k, v in vars(record).items() if k not in _RECORD_ATTRS and not k.startswith("_"))
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level: str = "info", fmt: str = "text", stream: Any = None) -> None:
+    """Configure the root logger once for the process."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.getLogger("nats").setLevel(max(root.level, logging.WARNING))
+    logging.getLogger("pymongo").setLevel(max(root.level, logging.WARNING))
+
+
+def access_log_function(handler: Any) -> None:
+    """Tornado's per-request log line, with the URI redacted and request fields for JSON logs."""
+    status = handler.get_status()
+    if status < 400:
+        log_method = access_log.info
+    elif status < 500:
+        log_method = access_log.warning
+    else:
+        log_method = access_log.error
+    request = handler.request
+    duration_ms = 1000.0 * request.request_time()
+    path = redact(request.uri or "")
+    identity = getattr(handler, "identity", None)
+    extra = {
+        "method": request.method,
+        "path": path,
+        "status": status,
+        "duration_ms": round(duration_ms, 2),
+        "remote_ip": request.remote_ip,
+    }
+    if identity is not None:
+        extra["user_uuid"] = identity.uuid
+    log_method("%d %s %s (%s) %.2fms", status, request.method, path, request.remote_ip, duration_ms, extra=extra)

@@ -1,0 +1,53 @@
+"""SSE frame encoding (pure): the bytes every stream writes.
+
+Invariants: a frame is UTF-8, ends with a blank line, and a field value can never break the frame —
+line breaks in event names or ids are removed, and multi-line data becomes one ``data:`` line per line.
+Frames are built once and the same ``bytes`` object is shared by every connection that receives it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import date, datetime
+from typing import Any
+
+KEEPALIVE = b": keepalive\n\n"
+ERROR_FRAME = b'event: error\ndata: {"message":"Stream interrupted"}\n\n'
+
+
+def _field(value: str) -> str:
+    return value.replace("\r", "").replace("\n", "")
+
+
+def _json_default(value: Any) -> Any:
+    """Stored values that JSON lacks: datetimes as ISO-8601, bytes as base64, the rest (ObjectId,
+    Decimal128, UUID) as their string form."""
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode("ascii")
+    return str(value)
+
+
+def dumps(data: Any) -> str:
+    """Compact one-line ASCII JSON: control characters and lone surrogates are escaped, so no raw
+    newline can break a frame and the bytes are always valid UTF-8."""
+    return json.dumps(data, separators=(",", ":"), default=_json_default)
+
+
+def encode_frame(event: str, data: str, event_id: str | None = None) -> bytes:
+    """Encode one SSE frame from an event name and an already-serialised data string."""
+    parts = []
+    if event_id is not None:
+        parts.append(f"id: {_field(event_id)}\n")
+    parts.append(f"event: {_field(event)}\n")
+    for line in data.splitlines() or [""]:
+        parts.append(f"data: {line}\n")
+    parts.append("\n")
+    return "".join(parts).encode("utf-8")
+
+
+def encode_event(event: str, topic: str, type_: str, ts: float, payload: dict[str, Any]) -> bytes:
+    """The frame of a live bus event (SPEC §2.3)."""
+    return encode_frame(event, dumps({"topic": topic, "type": type_, "ts": ts, "payload": payload}))

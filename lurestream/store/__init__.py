@@ -1,0 +1,47 @@
+"""The store as the rest of the code sees it: a Protocol, so handlers and auth never touch a driver.
+
+Every method raises :class:`StoreUnavailable` when the database cannot answer in time; handlers turn
+that into a quick 503, never a hang.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+
+class StoreUnavailable(RuntimeError):
+    """The database did not answer (down, unreachable, timed out)."""
+
+
+class Store(Protocol):
+    async def ping(self) -> None: ...
+
+    async def get_user(self, uuid: str) -> dict[str, Any] | None: ...
+
+    async def is_revoked(self, jti: str) -> bool: ...
+
+    async def insert_ticket(self, ticket_hash: str, uuid: str, role: str, expires_at: datetime) -> None: ...
+
+    async def take_ticket(self, ticket_hash: str) -> dict[str, Any] | None:
+        """Atomically remove and return the ticket document (every redemption attempt uses it up)."""
+        ...
+
+    async def get_attacker(self, uuid: str) -> dict[str, Any] | None: ...
+
+    async def get_topology(self, topology_id: str) -> dict[str, Any] | None: ...
+
+    async def latest_observations(self, attacker_uuid: str) -> list[dict[str, Any]]:
+        """Per primitive, the observation with the greatest ``ts``; sorted by primitive (SPEC §3)."""
+        ...
+
+    async def in_flight_mutations(self, topology_id: str) -> list[dict[str, Any]]:
+        """Pending (newest first) then applying (newest first) mutations, JSON-ready (SPEC §4)."""
+        ...
+
+    async def init_indexes(self) -> list[str]: ...
+
+    async def close(self) -> None: ...
+
+
+__all__ = ["Store", "StoreUnavailable"]

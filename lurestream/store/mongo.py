@@ -1,0 +1,148 @@
+"""MongoStore: the Store protocol on MongoDB, through PyMongo's AsyncMongoClient (default) or motor.
+
+Only standard query features are used (find, find_one, find_one_and_delete, aggregate with
+$match/$sort/$group/$first), so the same code runs on MongoDB and on MongoDB-wire servers.
+Connection failures and timeouts become :class:`StoreUnavailable` after at most ``timeout_ms``.
+The server writes nowhere but ``sse_tickets`` (SPEC §8).
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime
+from typing import Any, Awaitable, Callable, TypeVar
+
+from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import ConnectionFailure
+
+from lurestream.store import StoreUnavailable
+
+T = TypeVar("T")
+
+OBSERVATION_FIELDS = ("primitive", "value", "confidence", "ts", "source")
+IN_FLIGHT_STATES = ("pending", "applying")
+
+INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
+    "observations": [([("attacker_uuid", ASCENDING), ("primitive", ASCENDING), ("ts", DESCENDING)], {})],
+    "topology_mutations": [([("topology_id", ASCENDING), ("state", ASCENDING), ("requested_at", DESCENDING)], {})],
+    # TTL for clean-up only: redemption checks expires_at itself (TTL monitors run about once a minute).
+    "sse_tickets": [([("expires_at", ASCENDING)], {"expireAfterSeconds": 0})],
+}
+
+
+def _unavailable(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except ConnectionFailure as exc:
+            raise StoreUnavailable(f"MongoDB unavailable: {exc.__class__.__name__}") from exc
+
+    return wrapper
+
+
+def make_client(uri: str, driver: str, timeout_ms: int) -> Any:
+    """A tz-aware async client for the chosen driver, failing fast when the server is away."""
+    options = dict(
+        tz_aware=True,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        socketTimeoutMS=max(timeout_ms * 5, 10_000),
+        appname="lurestream",
+    )
+    if driver == "motor":
+        from motor.motor_asyncio import AsyncIOMotorClient
+
+        return AsyncIOMotorClient(uri, **options)
+    from pymongo import AsyncMongoClient
+
+    return AsyncMongoClient(uri, **options)
+
+
+class MongoStore:
+    """The Store on one MongoDB database."""
+
+    def __init__(self, uri: str, db_name: str, driver: str = "pymongo", timeout_ms: int = 2000) -> None:
+        self.driver = driver
+        self.client = make_client(uri, driver, timeout_ms)
+        self.db = self.client[db_name]
+
+    async def _to_list(self, cursor: Any) -> list[dict[str, Any]]:
+        return list(await cursor.to_list(length=None))
+
+    async def _aggregate(self, collection: str, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        cursor = self.db[collection].aggregate(pipeline)
+        if self.driver != "motor":  # PyMongo's async aggregate is a coroutine returning the cursor
+            cursor = await cursor
+        return await self._to_list(cursor)
+
+    @_unavailable
+    async def ping(self) -> None:
+        await self.client.admin.command("ping")
+
+    @_unavailable
+    async def get_user(self, uuid: str) -> dict[str, Any] | None:
+        return await self.db.users.find_one(
+            {"_id": uuid}, {"role": 1, "must_change_password": 1, "tokens_valid_from": 1}
+        )
+
+    @_unavailable
+    async def is_revoked(self, jti: str) -> bool:
+        return await self.db.revoked_tokens.find_one({"_id": jti}, {"_id": 1}) is not None
+
+    @_unavailable
+    async def insert_ticket(self, ticket_hash: str, uuid: str, role: str, expires_at: datetime) -> None:
+        await self.db.sse_tickets.insert_one({"_id": ticket_hash, "uuid": uuid, "role": role, "expires_at": expires_at})
+
+    @_unavailable
+    async def take_ticket(self, ticket_hash: str) -> dict[str, Any] | None:
+        return await self.db.sse_tickets.find_one_and_delete({"_id": ticket_hash})
+
+    @_unavailable
+    async def get_attacker(self, uuid: str) -> dict[str, Any] | None:
+        return await self.db.attackers.find_one({"_id": uuid}, {"ip": 1, "identity_id": 1})
+
+    @_unavailable
+    async def get_topology(self, topology_id: str) -> dict[str, Any] | None:
+        return await self.db.topologies.find_one({"_id": topology_id}, {"status": 1})
+
+    @_unavailable
+    async def latest_observations(self, attacker_uuid: str) -> list[dict[str, Any]]:
+        # $sort on the (attacker_uuid, primitive, ts desc) index then $group/$first: MongoDB answers
+        # it from the index; the final $sort fixes the order (a $group's output order is undefined).
+        pipeline = [
+            {"$match": {"attacker_uuid": attacker_uuid}},
+            {"$sort": {"primitive": 1, "ts": -1}},
+            {"$group": {"_id": "$primitive", "doc": {"$first": "$$ROOT"}}},
+            {"$sort": {"_id": 1}},
+        ]
+        rows = await self._aggregate("observations", pipeline)
+        return [{f: row["doc"].get(f) for f in OBSERVATION_FIELDS} for row in rows]
+
+    @_unavailable
+    async def in_flight_mutations(self, topology_id: str) -> list[dict[str, Any]]:
+        cursor = self.db.topology_mutations.find(
+            {"topology_id": topology_id, "state": {"$in": list(IN_FLIGHT_STATES)}}
+        ).sort([("requested_at", DESCENDING)])
+        docs = await self._to_list(cursor)
+        ordered = [d for state in IN_FLIGHT_STATES for d in docs if d.get("state") == state]
+        return [_mutation_item(d) for d in ordered]
+
+    @_unavailable
+    async def init_indexes(self) -> list[str]:
+        names = []
+        for collection, specs in INDEXES.items():
+            for keys, options in specs:
+                names.append(f"{collection}.{await self.db[collection].create_index(keys, **options)}")
+        return names
+
+    async def close(self) -> None:
+        result = self.client.close()
+        if result is not None:  # PyMongo's async close is a coroutine; motor's is not
+            await result
+
+
+def _mutation_item(doc: dict[str, Any]) -> dict[str, Any]:
+    item: dict[str, Any] = {"id": doc["_id"]}
+    item.update((k, v) for k, v in doc.items() if k != "_id")
+    return item

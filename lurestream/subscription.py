@@ -1,0 +1,100 @@
+"""A stream's bounded inbox of encoded frames, filled by the hub and drained by one handler.
+
+Modelled on nats.py's ``Subscription``: ``put_nowait`` never blocks the producer, ``get_batch`` is the
+one reader's wait, ``close()`` is idempotent and wakes the reader, and ``pending``/``dropped`` expose
+what is buffered and what overflowed. A plain deque plus one future keeps an idle subscription small:
+no task, no timer and no ``asyncio.Queue`` (with its two waiter deques) per stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any, Callable, Iterable
+
+from lurestream.routing import Key
+
+
+class Subscription:
+    """Frames queued for one stream; at most ``maxsize`` of them."""
+
+    __slots__ = ("keys", "maxsize", "dropped", "closed", "_frames", "_waiter", "_on_close", "_on_overflow")
+
+    def __init__(
+        self,
+        keys: Iterable[Key],
+        maxsize: int,
+        on_close: Callable[[Subscription], None] | None = None,
+        on_overflow: Callable[[Subscription], None] | None = None,
+    ) -> None:
+        self.keys: tuple[Key, ...] = tuple(keys)
+        self.maxsize = maxsize
+        self.dropped = 0
+        self.closed = False
+        self._frames: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._on_close = on_close
+        self._on_overflow = on_overflow
+
+    @property
+    def pending(self) -> int:
+        return len(self._frames)
+
+    def put_nowait(self, frame: bytes) -> bool:
+        """Queue a frame; False (and counted in ``dropped``) when closed or full. Never blocks."""
+        if self.closed:
+            return False
+        if len(self._frames) >= self.maxsize:
+            self.dropped += 1
+            if self.dropped == 1 and self._on_overflow is not None:
+                self._on_overflow(self)
+            return False
+        self._frames.append(frame)
+        self._wake()
+        return True
+
+    async def get_batch(self, timeout: float) -> list[bytes] | None:
+        """Everything queued, waiting up to ``timeout`` for the first frame.
+
+        Returns ``[]`` on timeout (nothing is lost: frames stay queued until taken) and ``None`` once
+        the subscription is closed and drained.
+        """
+        if not self._frames and not self.closed:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        if self._frames:
+            frames = list(self._frames)
+            self._frames.clear()
+            return frames
+        return None if self.closed else []
+
+    def close(self) -> None:
+        """Stop receiving, unregister from the hub, and wake the reader. Safe to call many times."""
+        if self.closed:
+            return
+        self.closed = True
+        self._frames.clear()
+        if self._on_close is not None:
+            self._on_close(self)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _resolve(self._waiter)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

