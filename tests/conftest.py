@@ -1,0 +1,138 @@
+"""Fixtures: real nats-server and MongoDB-wire processes for the session (SPEC §10), a fresh database
+and a real lurestream app per test, and the leak guard that checks every stream test gives back its
+hub registrations and connection slots.
+
+Set ``LURESTREAM_TEST_NATS_URL`` / ``LURESTREAM_TEST_MONGO_URI`` to use running services instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+import pytest
+from pymongo import MongoClient
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from harness import ATTACKER_A, ATTACKER_B, SECRET, TOPOLOGY_1, TOPOLOGY_2, USERS, Harness  # noqa: E402
+from lurestream.config import Config, config_from  # noqa: E402
+from lurestream.localservices import LocalService, mongo_wire_server, nats_server  # noqa: E402
+from lurestream.server import Services, make_app  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "lurestream(**settings): config overrides for the app under test")
+    config.addinivalue_line("markers", "app_settings(**settings): Tornado Application settings overrides")
+    config.addinivalue_line("markers", "no_bus_wait: do not wait for the hub to connect to NATS")
+
+
+class External:
+    """A service someone else runs (LURESTREAM_TEST_*): nothing to start or stop."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.extra_ports: dict[str, int] = {}
+
+
+@pytest.fixture(scope="session")
+def nats_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService | External]:
+    if os.environ.get("LURESTREAM_TEST_NATS_URL"):
+        yield External(os.environ["LURESTREAM_TEST_NATS_URL"])
+        return
+    svc = nats_server(str(tmp_path_factory.mktemp("nats"))).start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService | External]:
+    if os.environ.get("LURESTREAM_TEST_MONGO_URI"):
+        yield External(os.environ["LURESTREAM_TEST_MONGO_URI"])
+        return
+    svc = mongo_wire_server(str(tmp_path_factory.mktemp("mongo"))).start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+def db_name() -> str:
+    return "t" + uuid.uuid4().hex[:16]
+
+
+@pytest.fixture
+def mongo(mongo_service: Any, db_name: str) -> Iterator[Any]:
+    """The test's own database (sync PyMongo, for seeding and inspecting), seeded with the standard set."""
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_service.url, serverSelectionTimeoutMS=5000, tz_aware=True)
+    db = client[db_name]
+    db.users.insert_many([dict(u) for u in USERS.values()])
+    db.attackers.insert_many([dict(ATTACKER_A), dict(ATTACKER_B)])
+    db.topologies.insert_many([dict(TOPOLOGY_1), dict(TOPOLOGY_2)])
+    yield db
+    client.drop_database(db_name)
+    client.close()
+
+
+def _marker_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for marker in reversed(list(request.node.iter_markers(name))):
+        merged.update(marker.kwargs)
+    return merged
+
+
+@pytest.fixture
+def config(nats_service: Any, mongo_service: Any, db_name: str, request: pytest.FixtureRequest) -> Config:
+    settings: dict[str, Any] = {
+        "nats_url": nats_service.url,
+        "mongo_uri": mongo_service.url,
+        "mongo_db": db_name,
+        "jwt_secret": SECRET,
+        "keepalive_seconds": 15,
+    }
+    settings.update(_marker_kwargs(request, "lurestream"))
+    return config_from(settings)
+
+
+@pytest.fixture
+def services(config: Config, io_loop: Any, mongo: Any, request: pytest.FixtureRequest) -> Iterator[Services]:
+    svc = Services.build(config)
+    io_loop.run_sync(svc.hub.start)
+    if config.nats_url and request.node.get_closest_marker("no_bus_wait") is None:
+        assert io_loop.run_sync(lambda: svc.hub.wait_connected(10)), "hub did not connect to NATS"
+    yield svc
+    io_loop.run_sync(svc.hub.close)
+    io_loop.run_sync(svc.store.close)
+
+
+@pytest.fixture
+def app(services: Services, request: pytest.FixtureRequest) -> Any:
+    return make_app(services, **_marker_kwargs(request, "app_settings"))
+
+
+@pytest.fixture
+def ls(services: Services, http_server: Any, http_port: int, io_loop: Any, mongo: Any, nats_service: Any) -> Iterator[Harness]:
+    """The app under test, with helpers; on teardown, the leak guard."""
+    harness = Harness(services, http_port, mongo, nats_service.url)
+    yield harness
+    harness.close_clients()
+
+    async def settled() -> None:
+        deadline = asyncio.get_running_loop().time() + 5
+        while asyncio.get_running_loop().time() < deadline:
+            if services.hub.subscription_count == 0 and services.limiter.held() == 0:
+                break
+            await asyncio.sleep(0.02)
+        await harness.aclose()
+
+    io_loop.run_sync(settled)
+    assert services.hub.subscription_count == 0, "leak: hub registrations remain after the test"
+    assert services.hub.routing_keys == 0, "leak: routing keys remain after the test"
+    assert services.limiter.held() == 0, "leak: connection slots remain after the test"
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=timezone.utc)

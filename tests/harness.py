@@ -1,0 +1,125 @@
+"""Test helpers around one running app: tokens, streams, publishing, plain HTTP calls, data."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.parse
+from typing import Any
+
+import nats
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+
+from lurestream.server import Services
+from lurestream.tokens import mint_token
+from sse_client import SSEClient
+
+SECRET = "lurestream-test-secret-0123456789-abcdefghijklmnop"
+
+VIEWER = "11111111-1111-4111-8111-111111111111"
+ADMIN = "22222222-2222-4222-8222-222222222222"
+AUDITOR = "33333333-3333-4333-8333-333333333333"  # a role that may not stream
+MUST_CHANGE = "44444444-4444-4444-8444-444444444444"
+SECOND_VIEWER = "55555555-5555-4555-8555-555555555555"
+
+USERS = {
+    VIEWER: {"_id": VIEWER, "role": "viewer", "must_change_password": False},
+    ADMIN: {"_id": ADMIN, "role": "admin", "must_change_password": False},
+    AUDITOR: {"_id": AUDITOR, "role": "auditor", "must_change_password": False},
+    MUST_CHANGE: {"_id": MUST_CHANGE, "role": "viewer", "must_change_password": True},
+    SECOND_VIEWER: {"_id": SECOND_VIEWER, "role": "viewer", "must_change_password": False},
+}
+
+ATTACKER_A = {"_id": "aaaaaaaa-0000-4000-8000-00000000000a", "ip": "203.0.113.10", "identity_id": "identity-1"}
+ATTACKER_B = {"_id": "bbbbbbbb-0000-4000-8000-00000000000b", "ip": "203.0.113.20", "identity_id": "identity-2"}
+TOPOLOGY_1 = {"_id": "topo-1", "status": "active"}
+TOPOLOGY_2 = {"_id": "topo-2", "status": "deploying"}
+
+
+def envelope(subject: str, payload: Any = None, type_: str = "t", ts: float | None = None, **extra: Any) -> bytes:
+    body: dict[str, Any] = {"v": 1, "id": "e1", "topic": subject, "type": type_,
+                            "ts": time.time() if ts is None else ts}
+    if payload is not None:
+        body["payload"] = payload
+    body.update(extra)
+    return json.dumps(body).encode()
+
+
+class Harness:
+    def __init__(self, services: Services, port: int, mongo: Any, nats_url: str) -> None:
+        self.services = services
+        self.config = services.config
+        self.hub = services.hub
+        self.port = port
+        self.db = mongo
+        self.nats_url = nats_url
+        self.clients: list[SSEClient] = []
+        self._nc: Any = None
+        self._http = AsyncHTTPClient()
+
+    # -- credentials ---------------------------------------------------------------------------
+    def token(self, user: str = VIEWER, **overrides: Any) -> str:
+        return mint_token(self.config, user, **overrides)
+
+    async def ticket(self, user: str = VIEWER) -> str:
+        response = await self.fetch("POST", "/api/v1/auth/sse-ticket", bearer=self.token(user))
+        assert response.code == 200, response.body
+        return str(json.loads(response.body)["ticket"])
+
+    # -- streams -------------------------------------------------------------------------------
+    async def open(self, path: str, token: str | None = None, query: dict[str, str] | None = None,
+                   headers: dict[str, str] | None = None) -> SSEClient:
+        params = dict(query or {})
+        if token is not None:
+            params["token"] = token
+        if params:
+            path += "?" + urllib.parse.urlencode(params)
+        client = await SSEClient.open(self.port, path, headers=headers)
+        self.clients.append(client)
+        return client
+
+    async def attacker(self, attacker_uuid: str = ATTACKER_A["_id"], user: str = VIEWER) -> SSEClient:
+        """An open attacker stream, its snapshot already read (the client's ``snapshot``)."""
+        client = await self.open(f"/api/v1/attackers/{attacker_uuid}/events", token=self.token(user))
+        client.snapshot = await client.start_stream()  # type: ignore[attr-defined]
+        return client
+
+    async def topology(self, topology_id: str = TOPOLOGY_1["_id"], user: str = VIEWER) -> SSEClient:
+        client = await self.open(f"/api/v1/topologies/{topology_id}/events", token=self.token(user))
+        client.snapshot = await client.start_stream()  # type: ignore[attr-defined]
+        return client
+
+    def close_clients(self) -> None:
+        for client in self.clients:
+            client.close()
+
+    async def wait_for(self, predicate: Any, timeout: float = 5.0, what: str = "condition") -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not predicate():
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.01)
+
+    # -- the bus -------------------------------------------------------------------------------
+    async def publish(self, subject: str, payload: Any = None, raw: bytes | None = None, **kw: Any) -> None:
+        if self._nc is None:
+            self._nc = await nats.connect(self.nats_url, name="lurestream-test-publisher")
+        await self._nc.publish(subject, raw if raw is not None else envelope(subject, payload, **kw))
+        await self._nc.flush()
+
+    async def aclose(self) -> None:
+        if self._nc is not None:
+            await self._nc.close()
+            self._nc = None
+
+    # -- plain HTTP ----------------------------------------------------------------------------
+    async def fetch(self, method: str, path: str, bearer: str | None = None,
+                    headers: dict[str, str] | None = None, body: bytes | None = None) -> HTTPResponse:
+        hdrs = dict(headers or {})
+        if bearer is not None:
+            hdrs["Authorization"] = f"Bearer {bearer}"
+        if method == "POST" and body is None:
+            body = b""
+        return await self._http.fetch(f"http://127.0.0.1:{self.port}{path}", method=method, headers=hdrs,
+                                      body=body, raise_error=False, request_timeout=10)
