@@ -51,6 +51,13 @@ def hash_ticket(ticket: str) -> str:
 
 
 def _epoch(value: Any) -> float | None:
+    """Seconds since the epoch of a stored date (a BSON date, a number, or an ISO-8601 string —
+    some MongoDB-wire servers store ``$set`` dates as strings)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None
     if isinstance(value, datetime):
         if value.tzinfo is None:  # stored dates are UTC
             value = value.replace(tzinfo=timezone.utc)
@@ -99,7 +106,10 @@ class Authenticator:
         user = await self.store.get_user(claims["uuid"])
         if user is None:
             raise AuthError(401, INVALID_CREDENTIALS, "unknown user")
-        valid_from = _epoch(user.get("tokens_valid_from"))
+        raw_valid_from = user.get("tokens_valid_from")
+        valid_from = _epoch(raw_valid_from)
+        if raw_valid_from is not None and valid_from is None:  # unreadable: fail closed
+            raise AuthError(401, INVALID_CREDENTIALS, "unreadable tokens_valid_from")
         iat = claims["iat"]
         if valid_from is not None and (not isinstance(iat, (int, float)) or iat < math.floor(valid_from)):
             raise AuthError(401, INVALID_CREDENTIALS, "token issued before tokens_valid_from")
