@@ -1,0 +1,149 @@
+"""The bus: one subscription set per process, reconnects, bus down or disabled (SPEC §2, §6)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import urllib.request
+
+import pytest
+
+from harness import ATTACKER_A, ATTACKER_B
+from lurestream.localservices import free_port, nats_server
+from lurestream.routing import SUBJECT_FAMILIES
+
+A = ATTACKER_A["_id"]
+B = ATTACKER_B["_id"]
+
+
+def connz(monitor_port: int) -> list[dict]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/connz?subs=1&limit=1024", timeout=5) as r:
+        return json.load(r)["connections"] or []
+
+
+@pytest.mark.gen_test
+async def test_one_subscription_set_per_process(ls, nats_service):
+    if not nats_service.extra_ports.get("monitor"):
+        pytest.skip("needs the fixture's own nats-server (monitoring port)")
+    clients = []
+    for i in range(12):
+        user = ["11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222",
+                "55555555-5555-4555-8555-555555555555"][i % 3]
+        if i % 4 == 3:
+            clients.append(await ls.topology("topo-1", user=user))
+        else:
+            clients.append(await ls.attacker(A if i % 2 else B, user=user))
+    assert ls.hub.subscription_count == 12
+    ours = [c for c in connz(nats_service.extra_ports["monitor"]) if c.get("name") == "lurestream"]
+    # other tests' hubs are closed by now; this test's hub is the only "lurestream" connection
+    assert len(ours) == 1, ours
+    assert sorted(ours[0]["subscriptions_list"]) == sorted(SUBJECT_FAMILIES)
+
+
+@pytest.mark.gen_test
+@pytest.mark.lurestream(nats_url="")
+async def test_bus_disabled_streams_snapshot_then_keepalives_and_ready(ls):
+    response = await ls.fetch("GET", "/readyz")
+    assert response.code == 200
+    assert json.loads(response.body) == {"store": "ok", "bus": "disabled", "status": "ready"}
+    client = await ls.open(f"/api/v1/attackers/{A}/events", token=ls.token())
+    await client.start_stream()
+
+
+@pytest.mark.gen_test
+@pytest.mark.lurestream(nats_url="", keepalive_seconds=0.2)
+@pytest.mark.app_settings(keepalive_seconds=0.2)
+async def test_bus_disabled_keepalives_follow_snapshot(ls):
+    client = await ls.open(f"/api/v1/attackers/{A}/events", token=ls.token())
+    await client.start_stream()
+    assert (await client.next_frame(2)).is_keepalive
+    assert (await client.next_frame(2)).is_keepalive
+
+
+@contextlib.asynccontextmanager
+async def standalone(nats_url, mongo, mongo_uri, db_name, **app_settings):
+    """An app of the test's own (outside the ``ls`` fixture), for tests that control the NATS process."""
+    from harness import SECRET, Harness
+    from lurestream.config import config_from
+    from lurestream.server import Services, make_app
+    from tornado.httpserver import HTTPServer
+    from tornado.testing import bind_unused_port
+
+    config = config_from({"nats_url": nats_url, "mongo_uri": mongo_uri, "mongo_db": db_name, "jwt_secret": SECRET})
+    services = Services.build(config)
+    services.hub.reconnect_wait = 0.2
+    await services.hub.start()
+    sock, http_port = bind_unused_port()
+    server = HTTPServer(make_app(services, **app_settings))
+    server.add_socket(sock)
+    harness = Harness(services, http_port, mongo, nats_url)
+    try:
+        yield harness
+        harness.close_clients()
+        await harness.wait_for(lambda: services.hub.subscription_count == 0 and services.limiter.held() == 0,
+                               what="leak guard")
+    finally:
+        harness.close_clients()
+        await harness.aclose()
+        server.stop()
+        await server.close_all_connections()
+        await services.hub.close()
+        await services.store.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_bus_down_at_start_then_up_forwards_without_reconnect(tmp_path, io_loop, mongo, mongo_service, db_name):
+    """Serve with NATS unreachable; streams get snapshot + keepalives; once NATS is up, events flow."""
+    port = free_port()
+    svc = nats_server(str(tmp_path), port=port)
+    try:
+        async with standalone(svc.url, mongo, mongo_service.url, db_name, keepalive_seconds=0.3) as harness:
+            response = await harness.fetch("GET", "/readyz")
+            assert response.code == 503
+            body = json.loads(response.body)
+            assert body["bus"] == "disconnected" and "bus" in body["detail"]
+            client = await harness.open(f"/api/v1/attackers/{A}/events", token=harness.token())
+            await client.start_stream()
+            assert (await client.next_frame(3)).is_keepalive
+            svc.start()
+            assert await harness.hub.wait_connected(15)
+            assert (await harness.fetch("GET", "/readyz")).code == 200
+            await harness.publish("attacker.observation.ja3", {"attacker_uuid": A, "after": "bus up"})
+            frame = await client.next_event(5)
+            assert frame.json()["payload"]["after"] == "bus up"
+    finally:
+        svc.stop()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_forwarding_resumes_after_nats_restart(tmp_path, io_loop, mongo, mongo_service, db_name):
+    svc = nats_server(str(tmp_path)).start()
+    try:
+        async with standalone(svc.url, mongo, mongo_service.url, db_name) as harness:
+            hub = harness.hub
+            assert await hub.wait_connected(10)
+            client = await harness.open(f"/api/v1/attackers/{A}/events", token=harness.token())
+            await client.start_stream()
+            await harness.publish("attacker.observation.ja3", {"attacker_uuid": A, "n": "before"})
+            assert (await client.next_event()).json()["payload"]["n"] == "before"
+            await harness.aclose()
+            svc.stop()
+            await harness.wait_for(lambda: hub.state == "disconnected", 10, "hub to notice NATS went away")
+            assert (await harness.fetch("GET", "/readyz")).code == 503
+            svc.start()
+            assert await hub.wait_connected(20), "hub did not reconnect"
+            # the client library restores the subscriptions; publish until the server has them
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                await harness.publish("attacker.observation.ja3", {"attacker_uuid": A, "n": "after"})
+                try:
+                    frame = await client.next_event(0.5)
+                    break
+                except asyncio.TimeoutError:
+                    assert asyncio.get_running_loop().time() < deadline, "no event after the restart"
+            assert frame.json()["payload"]["n"] == "after"
+            assert hub.stats.reconnects >= 1
+            assert hub.subscription_count == 1, "the open stream kept its registration"
+    finally:
+        svc.stop()
