@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.parse
@@ -11,7 +12,8 @@ from typing import Any
 import nats
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from lurestream.server import Services
+from lurestream.config import config_from
+from lurestream.server import Services, make_app
 from lurestream.tokens import mint_token
 from sse_client import SSEClient
 
@@ -123,3 +125,34 @@ class Harness:
             body = b""
         return await self._http.fetch(f"http://127.0.0.1:{self.port}{path}", method=method, headers=hdrs,
                                       body=body, raise_error=False, request_timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def standalone(nats_url: str, mongo_uri: str, db_name: str, mongo: Any = None,
+                     settings: dict[str, Any] | None = None, **app_settings: Any) -> Any:
+    """An app of the test's own (outside the ``ls`` fixture), for tests that stop or restart a service;
+    it ends with the same leak guard."""
+    from tornado.httpserver import HTTPServer
+    from tornado.testing import bind_unused_port
+
+    config = config_from({"nats_url": nats_url, "mongo_uri": mongo_uri, "mongo_db": db_name, "jwt_secret": SECRET,
+                          **(settings or {})})
+    services = Services.build(config)
+    services.hub.reconnect_wait = 0.2
+    await services.hub.start()
+    sock, http_port = bind_unused_port()
+    server = HTTPServer(make_app(services, **app_settings))
+    server.add_socket(sock)
+    harness = Harness(services, http_port, mongo, nats_url)
+    try:
+        yield harness
+        harness.close_clients()
+        await harness.wait_for(lambda: services.hub.subscription_count == 0 and services.limiter.held() == 0,
+                               what="leak guard: registrations and slots released")
+    finally:
+        harness.close_clients()
+        await harness.aclose()
+        server.stop()
+        await server.close_all_connections()
+        await services.hub.close()
+        await services.store.close()

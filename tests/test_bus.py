@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import urllib.request
 
 import pytest
 
-from harness import ATTACKER_A, ATTACKER_B
+from harness import ATTACKER_A, ATTACKER_B, standalone
 from lurestream.localservices import free_port, nats_server
 from lurestream.routing import SUBJECT_FAMILIES
 
@@ -61,44 +60,13 @@ async def test_bus_disabled_keepalives_follow_snapshot(ls):
     assert (await client.next_frame(2)).is_keepalive
 
 
-@contextlib.asynccontextmanager
-async def standalone(nats_url, mongo, mongo_uri, db_name, **app_settings):
-    """An app of the test's own (outside the ``ls`` fixture), for tests that control the NATS process."""
-    from harness import SECRET, Harness
-    from lurestream.config import config_from
-    from lurestream.server import Services, make_app
-    from tornado.httpserver import HTTPServer
-    from tornado.testing import bind_unused_port
-
-    config = config_from({"nats_url": nats_url, "mongo_uri": mongo_uri, "mongo_db": db_name, "jwt_secret": SECRET})
-    services = Services.build(config)
-    services.hub.reconnect_wait = 0.2
-    await services.hub.start()
-    sock, http_port = bind_unused_port()
-    server = HTTPServer(make_app(services, **app_settings))
-    server.add_socket(sock)
-    harness = Harness(services, http_port, mongo, nats_url)
-    try:
-        yield harness
-        harness.close_clients()
-        await harness.wait_for(lambda: services.hub.subscription_count == 0 and services.limiter.held() == 0,
-                               what="leak guard")
-    finally:
-        harness.close_clients()
-        await harness.aclose()
-        server.stop()
-        await server.close_all_connections()
-        await services.hub.close()
-        await services.store.close()
-
-
 @pytest.mark.gen_test(timeout=60)
 async def test_bus_down_at_start_then_up_forwards_without_reconnect(tmp_path, io_loop, mongo, mongo_service, db_name):
     """Serve with NATS unreachable; streams get snapshot + keepalives; once NATS is up, events flow."""
     port = free_port()
     svc = nats_server(str(tmp_path), port=port)
     try:
-        async with standalone(svc.url, mongo, mongo_service.url, db_name, keepalive_seconds=0.3) as harness:
+        async with standalone(svc.url, mongo_service.url, db_name, mongo, keepalive_seconds=0.3) as harness:
             response = await harness.fetch("GET", "/readyz")
             assert response.code == 503
             body = json.loads(response.body)
@@ -120,7 +88,7 @@ async def test_bus_down_at_start_then_up_forwards_without_reconnect(tmp_path, io
 async def test_forwarding_resumes_after_nats_restart(tmp_path, io_loop, mongo, mongo_service, db_name):
     svc = nats_server(str(tmp_path)).start()
     try:
-        async with standalone(svc.url, mongo, mongo_service.url, db_name) as harness:
+        async with standalone(svc.url, mongo_service.url, db_name, mongo) as harness:
             hub = harness.hub
             assert await hub.wait_connected(10)
             client = await harness.open(f"/api/v1/attackers/{A}/events", token=harness.token())

@@ -1,0 +1,141 @@
+"""The MongoDB store, with both drivers (SPEC §3, §4, §8, §10), plus MongoDB-down behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from pymongo import MongoClient
+
+from harness import ATTACKER_A, VIEWER, standalone
+from lurestream.localservices import free_port, mongo_wire_server
+from lurestream.store import StoreUnavailable
+from lurestream.store.mongo import MongoStore
+
+A = ATTACKER_A["_id"]
+
+
+@pytest.fixture(params=["pymongo", "motor"])
+def store(request, mongo_service, mongo, db_name, io_loop):
+    s = MongoStore(mongo_service.url, db_name, driver=request.param, timeout_ms=2000)
+    yield s
+    io_loop.run_sync(s.close)
+
+
+@pytest.mark.gen_test
+async def test_users_and_revocations(store, mongo):
+    user = await store.get_user(VIEWER)
+    assert user["_id"] == VIEWER and user["role"] == "viewer"
+    assert await store.get_user("nobody") is None
+    mongo.revoked_tokens.insert_one({"_id": "j1", "expires_at": datetime.now(timezone.utc)})
+    assert await store.is_revoked("j1") is True
+    assert await store.is_revoked("j2") is False
+
+
+@pytest.mark.gen_test
+async def test_tickets_are_taken_once(store, mongo):
+    expires = datetime.now(timezone.utc) + timedelta(seconds=60)
+    await store.insert_ticket("h" * 64, VIEWER, "viewer", expires)
+    first, second = await asyncio.gather(store.take_ticket("h" * 64), store.take_ticket("h" * 64))
+    assert [d is None for d in (first, second)].count(True) == 1, "exactly one concurrent redemption wins"
+    doc = first or second
+    assert doc["uuid"] == VIEWER and doc["role"] == "viewer"
+    assert mongo.sse_tickets.count_documents({}) == 0
+
+
+@pytest.mark.gen_test
+async def test_attacker_and_topology_lookups(store):
+    attacker = await store.get_attacker(A)
+    assert attacker == {"_id": A, "ip": ATTACKER_A["ip"], "identity_id": ATTACKER_A["identity_id"]}
+    assert await store.get_attacker("missing") is None
+    assert (await store.get_topology("topo-1"))["status"] == "active"
+    assert await store.get_topology("missing") is None
+
+
+@pytest.mark.gen_test
+async def test_latest_observations(store, mongo):
+    rows = [{"attacker_uuid": A, "primitive": p, "value": f"{p}-{ts}", "confidence": 0.5, "ts": float(ts),
+             "source": "s", "extra_field": "not in snapshot"} for p in ("b", "a", "c") for ts in (3, 1, 2)]
+    rows.append({"attacker_uuid": "other", "primitive": "a", "value": "x", "confidence": 1, "ts": 99.0, "source": "s"})
+    mongo.observations.insert_many(rows)
+    got = await store.latest_observations(A)
+    assert [o["primitive"] for o in got] == ["a", "b", "c"]
+    assert all(o["ts"] == 3.0 and o["value"] == f"{o['primitive']}-3" for o in got)
+    assert set(got[0]) == {"primitive", "value", "confidence", "ts", "source"}
+    assert await store.latest_observations("nobody") == []
+
+
+@pytest.mark.gen_test
+async def test_in_flight_mutations_json_ready(store, mongo):
+    t = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    mongo.topology_mutations.insert_many([
+        {"_id": "m1", "topology_id": "topo-1", "op": "x", "payload": {"k": 1}, "state": "applying",
+         "requested_at": t, "applied_at": None, "reason": None},
+        {"_id": "m2", "topology_id": "topo-1", "op": "y", "payload": {}, "state": "pending",
+         "requested_at": t - timedelta(hours=1), "applied_at": None, "reason": "because"},
+        {"_id": "m3", "topology_id": "topo-1", "op": "z", "payload": {}, "state": "applied",
+         "requested_at": t, "applied_at": t, "reason": None},
+    ])
+    items = await store.in_flight_mutations("topo-1")
+    assert [i["id"] for i in items] == ["m2", "m1"]
+    assert "_id" not in items[0]
+    from lurestream.sse import dumps
+
+    encoded = json.loads(dumps(items))
+    assert encoded[1]["requested_at"] == "2026-01-02T03:04:05+00:00"
+    assert encoded[0]["reason"] == "because"
+
+
+@pytest.mark.gen_test
+async def test_init_indexes_is_idempotent(store, mongo):
+    first = await store.init_indexes()
+    second = await store.init_indexes()
+    assert first == second and len(first) == 3
+    keys = [list(spec["key"]) for spec in mongo.observations.index_information().values()]
+    assert any(k[:2] == [("attacker_uuid", 1), ("primitive", 1)] and k[2][0] == "ts" for k in keys), keys
+    assert any(list(spec["key"])[0][0] == "topology_id" for spec in mongo.topology_mutations.index_information().values())
+    assert any(list(spec["key"]) == [("expires_at", 1)] for spec in mongo.sse_tickets.index_information().values())
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("driver", ["pymongo", "motor"])
+async def test_unreachable_store_fails_fast(driver):
+    store = MongoStore(f"mongodb://127.0.0.1:{free_port()}", "x", driver=driver, timeout_ms=300)
+    start = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await store.get_attacker(A)
+    assert time.monotonic() - start < 3
+    await store.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_mongo_down_new_streams_503_open_streams_keep_forwarding(tmp_path, nats_service):
+    """A MongoDB-wire server of the test's own, stopped mid-test: open streams go on, new ones get a quick 503."""
+    svc = mongo_wire_server(str(tmp_path)).start()
+    with MongoClient(svc.url) as c:
+        c.d.users.insert_one({"_id": VIEWER, "role": "viewer"})
+        c.d.attackers.insert_one(dict(ATTACKER_A))
+    try:
+        async with standalone(nats_service.url, svc.url, "d", settings={"mongo_timeout_ms": 400}) as ls:
+            assert await ls.hub.wait_connected(10)
+            client = await ls.attacker(A)
+            svc.stop()
+            start = time.monotonic()
+            refused = await ls.open(f"/api/v1/attackers/{A}/events", token=ls.token())
+            assert refused.status == 503
+            assert time.monotonic() - start < 3
+            assert await refused.json() == {"detail": "Store unavailable"}
+            ticket = await ls.fetch("POST", "/api/v1/auth/sse-ticket", bearer=ls.token())
+            assert ticket.code == 503
+            ready = await ls.fetch("GET", "/readyz")
+            assert ready.code == 503
+            body = json.loads(ready.body)
+            assert body["store"] == "down" and "store" in body["detail"]
+            await ls.publish("attacker.observation.ja3", {"attacker_uuid": A, "while": "mongo down"})
+            assert (await client.next_event()).json()["payload"]["while"] == "mongo down"
+    finally:
+        svc.stop()
