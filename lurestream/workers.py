@@ -20,12 +20,17 @@ from lurestream.config import Config
 
 log = logging.getLogger("lurestream.workers")
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
 
 def _worker(config: Config, sockets: list[Any], index: int) -> None:
     from lurestream.server import serve
 
+    # The parent's handlers were inherited; a signal pending since the fork now ends us by default
+    # until serve() installs its own handlers.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     code = 0
     try:
         asyncio.run(serve(config, sockets))
@@ -45,10 +50,16 @@ def run_workers(config: Config) -> int:
     stopping = False
 
     def spawn(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            _worker(config, sockets, index)
-        children[pid] = index
+        # Block stop signals across the fork so none lands between fork() and the child's own
+        # handlers, or before the parent has recorded the child's pid for forwarding.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _worker(config, sockets, index)
+            children[pid] = index
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         log.info("worker %d started (pid %d)", index, pid)
 
     def forward(signum: int, _frame: Any) -> None:

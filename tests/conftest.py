@@ -29,6 +29,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lurestream(**settings): config overrides for the app under test")
     config.addinivalue_line("markers", "app_settings(**settings): Tornado Application settings overrides")
     config.addinivalue_line("markers", "no_bus_wait: do not wait for the hub to connect to NATS")
+    config.addinivalue_line("markers", "server_settings(**settings): settings of a server subprocess")
 
 
 class External:
