@@ -17,7 +17,7 @@ from lurestream.server import Services, make_app
 from lurestream.tokens import mint_token
 from sse_client import SSEClient
 
-SECRET = "lurestream-test-secret-0123456789-abcdefghijklmnop"
+SECRET = "lurestream-test-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJ"
 
 VIEWER = "11111111-1111-4111-8111-111111111111"
 ADMIN = "22222222-2222-4222-8222-222222222222"

@@ -1,0 +1,28 @@
+"""The README is the user's entry point: its commands and its configuration table must stay true."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+from lurestream.config import SETTINGS
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _shell_blocks() -> list[str]:
+    return [b.strip() for b in re.findall(r"```sh\n(.*?)```", README, re.S)]
+
+
+def test_readme_opens_with_demo_then_test_command_and_ci_runs_the_test_command():
+    demo, test = _shell_blocks()[:2]
+    assert "lurestream demo" in demo
+    assert "pytest" in test
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test in ci.splitlines(), ".ci/run must run the README's test command, unchanged"
+
+
+def test_every_setting_is_documented():
+    for s in SETTINGS:
+        assert s.env in README, f"{s.env} missing from the README's configuration table"
