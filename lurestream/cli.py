@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from lurestream import __version__
-from lurestream.config import ConfigError, Config, add_flags, load_config
+from lurestream.config import Config, ConfigError, add_flags, load_config
 from lurestream.logs import setup_logging
 
 
@@ -19,8 +19,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lurestream", description="SSE streams of live deception-network events.")
     parser.add_argument("--version", action="version", version=f"lurestream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve = sub.add_parser("serve", help="run the server", description="Run the SSE server. Every flag is also "
-                           "an environment variable: --port is LURESTREAM_PORT.")
+    serve = sub.add_parser(
+        "serve",
+        help="run the server",
+        description="Run the SSE server. Every flag is also an environment variable: --port is LURESTREAM_PORT.",
+    )
     add_flags(serve)
     init_db = sub.add_parser("init-db", help="create the MongoDB indexes (idempotent)")
     for name in ("mongo_uri", "mongo_db", "mongo_driver"):

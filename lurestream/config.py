@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 MIN_SECRET_LENGTH = 32
 SUPPORTED_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
@@ -125,7 +126,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", "127.0.0.1", _str, "address to listen on"),
     Setting("port", "8700", _int(0, 65535), "port to listen on"),
     Setting("processes", "1", _int(0, 1024), "worker processes sharing the port (0 = one per CPU)"),
-    Setting("nats_url", "nats://127.0.0.1:4222", _nats_url, "NATS server URL(s), comma-separated; empty disables the bus"),
+    Setting(
+        "nats_url", "nats://127.0.0.1:4222", _nats_url, "NATS server URL(s), comma-separated; empty disables the bus"
+    ),
     Setting("mongo_uri", "mongodb://127.0.0.1:27017", _mongo_uri, "MongoDB connection URI"),
     Setting("mongo_db", "decnet", _str, "MongoDB database name"),
     Setting("mongo_driver", "pymongo", _choice("pymongo", "motor"), "pymongo (async API) or motor"),
@@ -189,7 +192,9 @@ class Config:
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """Add one ``--flag`` per setting; defaults stay None so the environment can fill the gaps."""
     for s in SETTINGS:
-        parser.add_argument(s.flag, dest=s.name, default=None, metavar="VALUE", help=f"{s.help} [{s.env}, default {s.default!r}]")
+        parser.add_argument(
+            s.flag, dest=s.name, default=None, metavar="VALUE", help=f"{s.help} [{s.env}, default {s.default!r}]"
+        )
 
 
 def load_config(env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None) -> Config:
@@ -233,7 +238,9 @@ def _check_keys(config: Config) -> None:
         )
     if hmac_algs and not config.dev_insecure:
         if not config.jwt_secret:
-            raise ConfigError("LURESTREAM_JWT_SECRET", "is required (set LURESTREAM_DEV_INSECURE=true only for development)")
+            raise ConfigError(
+                "LURESTREAM_JWT_SECRET", "is required (set LURESTREAM_DEV_INSECURE=true only for development)"
+            )
         if len(config.jwt_secret) < MIN_SECRET_LENGTH:
             raise ConfigError(
                 "LURESTREAM_JWT_SECRET",

@@ -25,12 +25,12 @@ from lurestream.tokens import mint_token
 VIEWER_UUID = "5b1c3e2a-7d4f-4c61-9a8e-0f2b6d9c1a01"
 ADMIN_UUID = "5b1c3e2a-7d4f-4c61-9a8e-0f2b6d9c1a02"
 TOPOLOGY_ID = "topo-dmz-01"
-ATTACKERS = [
+ATTACKERS: list[dict[str, Any]] = [
     {"_id": "a1f0c9de-3b7a-4e0e-8d51-6c2f4b9e7a10", "ip": "203.0.113.45", "identity_id": "id-ember-owl"},
     {"_id": "b27e4d11-9c3f-4a8b-b6e2-1d5a7f0c3b22", "ip": "198.51.100.7", "identity_id": "id-ember-owl"},
     {"_id": "c3d8a2f5-1e6b-47c9-a0d4-8b9e2c7f5d33", "ip": "192.0.2.199", "identity_id": None},
 ]
-PRIMITIVES = {
+PRIMITIVES: dict[str, list[Any]] = {
     "ja3": ["771,4865-4866-4867,0-23-65281", "771,49195-49199,0-11-10-35", "769,47-53-5-10,0-10-11"],
     "http.user_agent": ["curl/8.5.0", "python-requests/2.32", "Mozilla/5.0 (X11; Linux x86_64)", "masscan/1.3"],
     "ssh.client_version": ["SSH-2.0-OpenSSH_9.6", "SSH-2.0-libssh_0.10.6", "SSH-2.0-Go"],
@@ -45,40 +45,71 @@ def seed(client: Any, db_name: str) -> None:
     """A small realistic data set (synchronous PyMongo: the demo seeds before the server starts)."""
     db = client[db_name]
     now = datetime.now(timezone.utc)
-    db.users.insert_many([
-        {"_id": VIEWER_UUID, "username": "analyst", "role": "viewer", "must_change_password": False},
-        {"_id": ADMIN_UUID, "username": "admin", "role": "admin", "must_change_password": False},
-    ])
+    db.users.insert_many(
+        [
+            {"_id": VIEWER_UUID, "username": "analyst", "role": "viewer", "must_change_password": False},
+            {"_id": ADMIN_UUID, "username": "admin", "role": "admin", "must_change_password": False},
+        ]
+    )
     db.attackers.insert_many(ATTACKERS)
     rng = random.Random(7)
     observations = []
     t0 = time.time() - 3600
     for attacker in ATTACKERS:
         for primitive, values in PRIMITIVES.items():
-            for i in range(rng.randint(2, 5)):
-                observations.append({
-                    "attacker_uuid": attacker["_id"], "primitive": primitive, "value": rng.choice(values),
-                    "confidence": round(rng.uniform(0.4, 0.99), 2), "ts": t0 + rng.uniform(0, 3500),
-                    "source": rng.choice(["sniffer", "ssh-honeypot", "http-decky"]),
-                })
+            for _ in range(rng.randint(2, 5)):
+                observations.append(
+                    {
+                        "attacker_uuid": attacker["_id"],
+                        "primitive": primitive,
+                        "value": rng.choice(values),
+                        "confidence": round(rng.uniform(0.4, 0.99), 2),
+                        "ts": t0 + rng.uniform(0, 3500),
+                        "source": rng.choice(["sniffer", "ssh-honeypot", "http-decky"]),
+                    }
+                )
     db.observations.insert_many(observations)
     db.topologies.insert_one({"_id": TOPOLOGY_ID, "status": "active", "name": "DMZ decoys"})
-    db.topology_mutations.insert_many([
-        {"_id": "mut-0001", "topology_id": TOPOLOGY_ID, "op": "add_decky", "payload": {"name": "web-01"},
-         "state": "applied", "requested_at": now - timedelta(minutes=30), "applied_at": now - timedelta(minutes=29),
-         "reason": None},
-        {"_id": "mut-0002", "topology_id": TOPOLOGY_ID, "op": "add_service",
-         "payload": {"decky": "db-02", "service": "mysql"}, "state": "applying",
-         "requested_at": now - timedelta(minutes=2), "applied_at": None, "reason": None},
-        {"_id": "mut-0003", "topology_id": TOPOLOGY_ID, "op": "rotate_banner",
-         "payload": {"decky": "ssh-jump", "banner": "SSH-2.0-OpenSSH_8.9"}, "state": "pending",
-         "requested_at": now - timedelta(seconds=40), "applied_at": None, "reason": None},
-    ])
+    db.topology_mutations.insert_many(
+        [
+            {
+                "_id": "mut-0001",
+                "topology_id": TOPOLOGY_ID,
+                "op": "add_decky",
+                "payload": {"name": "web-01"},
+                "state": "applied",
+                "requested_at": now - timedelta(minutes=30),
+                "applied_at": now - timedelta(minutes=29),
+                "reason": None,
+            },
+            {
+                "_id": "mut-0002",
+                "topology_id": TOPOLOGY_ID,
+                "op": "add_service",
+                "payload": {"decky": "db-02", "service": "mysql"},
+                "state": "applying",
+                "requested_at": now - timedelta(minutes=2),
+                "applied_at": None,
+                "reason": None,
+            },
+            {
+                "_id": "mut-0003",
+                "topology_id": TOPOLOGY_ID,
+                "op": "rotate_banner",
+                "payload": {"decky": "ssh-jump", "banner": "SSH-2.0-OpenSSH_8.9"},
+                "state": "pending",
+                "requested_at": now - timedelta(seconds=40),
+                "applied_at": None,
+                "reason": None,
+            },
+        ]
+    )
 
 
 def envelope(topic: str, type_: str, payload: dict[str, Any]) -> bytes:
-    return json.dumps({"v": 1, "id": secrets.token_hex(8), "topic": topic, "type": type_, "ts": time.time(),
-                       "payload": payload}).encode()
+    return json.dumps(
+        {"v": 1, "id": secrets.token_hex(8), "topic": topic, "type": type_, "ts": time.time(), "payload": payload}
+    ).encode()
 
 
 def simulated_event(rng: random.Random) -> tuple[str, bytes]:
@@ -88,27 +119,52 @@ def simulated_event(rng: random.Random) -> tuple[str, bytes]:
     if kind == "obs":
         primitive = rng.choice(list(PRIMITIVES))
         subject = f"attacker.observation.{primitive}"
-        return subject, envelope(subject, "observation", {
-            "attacker_uuid": attacker["_id"], "primitive": primitive, "value": rng.choice(PRIMITIVES[primitive]),
-            "confidence": round(rng.uniform(0.4, 0.99), 2), "source": "sniffer"})
+        return subject, envelope(
+            subject,
+            "observation",
+            {
+                "attacker_uuid": attacker["_id"],
+                "primitive": primitive,
+                "value": rng.choice(PRIMITIVES[primitive]),
+                "confidence": round(rng.uniform(0.4, 0.99), 2),
+                "source": "sniffer",
+            },
+        )
     if kind == "score":  # DECNET's scorer stamps only the ip
-        return "attacker.scored", envelope("attacker.scored", "score", {
-            "attacker_ip": attacker["ip"], "score": round(rng.uniform(0, 100), 1)})
+        return "attacker.scored", envelope(
+            "attacker.scored", "score", {"attacker_ip": attacker["ip"], "score": round(rng.uniform(0, 100), 1)}
+        )
     if kind == "rotate":
-        return "attacker.fingerprint_rotated", envelope("attacker.fingerprint_rotated", "rotation", {
-            "attacker_uuid": attacker["_id"], "primitive": "ja3", "old": rng.choice(PRIMITIVES["ja3"]),
-            "new": rng.choice(PRIMITIVES["ja3"])})
+        return "attacker.fingerprint_rotated", envelope(
+            "attacker.fingerprint_rotated",
+            "rotation",
+            {
+                "attacker_uuid": attacker["_id"],
+                "primitive": "ja3",
+                "old": rng.choice(PRIMITIVES["ja3"]),
+                "new": rng.choice(PRIMITIVES["ja3"]),
+            },
+        )
     if kind == "attrib":
-        return "attribution.profile.state_changed", envelope("attribution.profile.state_changed", "state", {
-            "identity_uuid": "id-ember-owl", "state": rng.choice(["tentative", "confirmed", "contested"])})
+        return "attribution.profile.state_changed", envelope(
+            "attribution.profile.state_changed",
+            "state",
+            {"identity_uuid": "id-ember-owl", "state": rng.choice(["tentative", "confirmed", "contested"])},
+        )
     if kind == "mutation":
         subject = f"topology.{TOPOLOGY_ID}.mutation.{rng.choice(['requested', 'applying', 'applied'])}"
-        return subject, envelope(subject, "mutation", {
-            "topology_id": TOPOLOGY_ID, "mutation_id": f"mut-{rng.randint(4, 999):04d}", "op": "add_service"})
+        return subject, envelope(
+            subject,
+            "mutation",
+            {"topology_id": TOPOLOGY_ID, "mutation_id": f"mut-{rng.randint(4, 999):04d}", "op": "add_service"},
+        )
     decky = rng.choice(DECKIES)
     subject = f"decky.{decky}.service_added"
-    return subject, envelope(subject, "decky", {
-        "topology_id": TOPOLOGY_ID, "decky": decky, "service": rng.choice(["http", "smb", "rdp", "telnet"])})
+    return subject, envelope(
+        subject,
+        "decky",
+        {"topology_id": TOPOLOGY_ID, "decky": decky, "service": rng.choice(["http", "smb", "rdp", "telnet"])},
+    )
 
 
 async def publish_forever(nats_url: str, rate: float) -> None:
@@ -128,19 +184,21 @@ async def publish_forever(nats_url: str, rate: float) -> None:
 def banner(config: Config, port: int) -> str:
     token = mint_token(config, VIEWER_UUID, ttl=24 * 3600)
     base = f"http://127.0.0.1:{port}/api/v1"
-    return "\n".join([
-        "",
-        "lurestream demo is running (Ctrl-C stops everything).",
-        f"  NATS {config.nats_url}   MongoDB-wire {config.mongo_uri}   database {config.mongo_db}",
-        "",
-        "Watch one attacker:",
-        f"  curl -N '{base}/attackers/{ATTACKERS[0]['_id']}/events?token={token}'",
-        "Watch the topology:",
-        f"  curl -N '{base}/topologies/{TOPOLOGY_ID}/events?token={token}'",
-        "Or trade the token for a single-use ticket first:",
-        f"  curl -s -X POST -H 'Authorization: Bearer {token}' {base}/auth/sse-ticket",
-        "",
-    ])
+    return "\n".join(
+        [
+            "",
+            "lurestream demo is running (Ctrl-C stops everything).",
+            f"  NATS {config.nats_url}   MongoDB-wire {config.mongo_uri}   database {config.mongo_db}",
+            "",
+            "Watch one attacker:",
+            f"  curl -N '{base}/attackers/{ATTACKERS[0]['_id']}/events?token={token}'",
+            "Watch the topology:",
+            f"  curl -N '{base}/topologies/{TOPOLOGY_ID}/events?token={token}'",
+            "Or trade the token for a single-use ticket first:",
+            f"  curl -s -X POST -H 'Authorization: Bearer {token}' {base}/auth/sse-ticket",
+            "",
+        ]
+    )
 
 
 def run_demo(port: int = 8700, rate: float = 3.0, duration: float = 0) -> int:
@@ -155,13 +213,20 @@ def run_demo(port: int = 8700, rate: float = 3.0, duration: float = 0) -> int:
     try:
         nats_svc.start()
         mongo_svc.start()
+        client: MongoClient[dict[str, Any]]
         with MongoClient(mongo_svc.url, serverSelectionTimeoutMS=5000) as client:
             seed(client, "decnet")
         port = port or free_port()
-        config = config_from({
-            "port": port, "nats_url": nats_svc.url, "mongo_uri": mongo_svc.url, "mongo_db": "decnet",
-            "jwt_secret": secrets.token_urlsafe(48), "keepalive_seconds": 15,
-        })
+        config = config_from(
+            {
+                "port": port,
+                "nats_url": nats_svc.url,
+                "mongo_uri": mongo_svc.url,
+                "mongo_db": "decnet",
+                "jwt_secret": secrets.token_urlsafe(48),
+                "keepalive_seconds": 15,
+            }
+        )
         setup_logging(config.log_level, config.log_format)
 
         async def main() -> None:

@@ -16,8 +16,9 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -227,8 +228,11 @@ class Hub:
             for subject in SUBJECT_FAMILIES:
                 await nc.subscribe(subject, cb=self._message_cb)
             self._nc = nc
-            log.info("NATS connected to %s; subscribed to %s", nc.connected_url.netloc if nc.connected_url else servers,
-                     ", ".join(SUBJECT_FAMILIES))
+            log.info(
+                "NATS connected to %s; subscribed to %s",
+                nc.connected_url.netloc if nc.connected_url else servers,
+                ", ".join(SUBJECT_FAMILIES),
+            )
             return
 
     async def _error_cb(self, exc: Exception) -> None:

@@ -89,7 +89,11 @@ class LocalService:
     def start(self, timeout: float = 20.0) -> LocalService:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
             cwd=self.workdir,
         )
         log.close()
@@ -135,8 +139,18 @@ def nats_server(workdir: str | None = None, port: int | None = None) -> LocalSer
     workdir = workdir or tempfile.mkdtemp(prefix="lurestream-nats-")
     port = port or free_port()
     monitor = free_port()
-    argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor), "-js",
-            "-sd", os.path.join(workdir, "jetstream")]
+    argv = [
+        nats_server_binary(),
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-m",
+        str(monitor),
+        "-js",
+        "-sd",
+        os.path.join(workdir, "jetstream"),
+    ]
     return LocalService("nats-server", argv, port, workdir, {"monitor": monitor})
 
 
@@ -144,7 +158,16 @@ def mongo_wire_server(workdir: str | None = None, port: int | None = None) -> Lo
     """An nx-27017 MongoDB-wire server with in-memory databases and its own pid and log files."""
     workdir = workdir or tempfile.mkdtemp(prefix="lurestream-mongo-")
     port = port or free_port()
-    argv = nx27017_command() + ["--host", "127.0.0.1", "-p", str(port), "--data-dir", "memory",
-                                "--pid-file", os.path.join(workdir, "nx.pid"),
-                                "--log-file", os.path.join(workdir, "nx-internal.log")]
+    argv = nx27017_command() + [
+        "--host",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--data-dir",
+        "memory",
+        "--pid-file",
+        os.path.join(workdir, "nx.pid"),
+        "--log-file",
+        os.path.join(workdir, "nx-internal.log"),
+    ]
     return LocalService("nx-27017", argv, port, workdir)

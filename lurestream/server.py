@@ -44,9 +44,13 @@ class Services:
 
     @classmethod
     def build(cls, config: Config, store: Store | None = None, hub: Hub | None = None) -> Services:
-        store = store or MongoStore(config.mongo_uri, config.mongo_db, config.mongo_driver, config.mongo_timeout_ms)
-        hub = hub or Hub(config.nats_url, config.queue_max)
-        return cls(config, store, hub, Authenticator(config, store), ConnectionLimiter(config.sse_max_per_user))
+        the_store: Store = store or MongoStore(
+            config.mongo_uri, config.mongo_db, config.mongo_driver, config.mongo_timeout_ms
+        )
+        the_hub = hub or Hub(config.nats_url, config.queue_max)
+        return cls(
+            config, the_store, the_hub, Authenticator(config, the_store), ConnectionLimiter(config.sse_max_per_user)
+        )
 
 
 def make_app(services: Services, **settings: Any) -> tornado.web.Application:
@@ -93,9 +97,15 @@ async def serve(config: Config, sockets: list[Any] | None = None, ready: asyncio
         sockets = bind_sockets(config.port, config.host, reuse_port=False)
     server.add_sockets(sockets)
     ports = sorted({s.getsockname()[1] for s in sockets})
-    log.info("lurestream listening on http://%s:%s (bus %s, store %s/%s via %s)", config.host,
-             ",".join(map(str, ports)), config.nats_url or "disabled", _safe_uri(config.mongo_uri), config.mongo_db,
-             config.mongo_driver)
+    log.info(
+        "lurestream listening on http://%s:%s (bus %s, store %s/%s via %s)",
+        config.host,
+        ",".join(map(str, ports)),
+        config.nats_url or "disabled",
+        _safe_uri(config.mongo_uri),
+        config.mongo_db,
+        config.mongo_driver,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -81,10 +81,14 @@ def run_workers(config: Config) -> int:
             pid, status = os.wait()
         except ChildProcessError:
             break
-        index = children.pop(pid, None)
-        if index is None or stopping:
+        if pid not in children:
             continue
-        log.warning("worker %d (pid %d) exited with status %d; restarting", index, pid, os.waitstatus_to_exitcode(status))
+        index = children.pop(pid)
+        if stopping:
+            continue
+        log.warning(
+            "worker %d (pid %d) exited with status %d; restarting", index, pid, os.waitstatus_to_exitcode(status)
+        )
         time.sleep(0.2)
         spawn(index)
     return 0

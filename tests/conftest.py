@@ -11,8 +11,9 @@ import asyncio
 import os
 import sys
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from pymongo import MongoClient
@@ -20,6 +21,7 @@ from pymongo import MongoClient
 sys.path.insert(0, os.path.dirname(__file__))
 
 from harness import ATTACKER_A, ATTACKER_B, SECRET, TOPOLOGY_1, TOPOLOGY_2, USERS, Harness  # noqa: E402
+
 from lurestream.config import Config, config_from  # noqa: E402
 from lurestream.localservices import LocalService, mongo_wire_server, nats_server  # noqa: E402
 from lurestream.server import Services, make_app  # noqa: E402
@@ -115,7 +117,9 @@ def app(services: Services, request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture
-def ls(services: Services, http_server: Any, http_port: int, io_loop: Any, mongo: Any, nats_service: Any) -> Iterator[Harness]:
+def ls(
+    services: Services, http_server: Any, http_port: int, io_loop: Any, mongo: Any, nats_service: Any
+) -> Iterator[Harness]:
     """The app under test, with helpers; on teardown, the leak guard."""
     harness = Harness(services, http_port, mongo, nats_service.url)
     yield harness

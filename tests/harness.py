@@ -10,12 +10,12 @@ import urllib.parse
 from typing import Any
 
 import nats
+from sse_client import SSEClient
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from lurestream.config import config_from
 from lurestream.server import Services, make_app
 from lurestream.tokens import mint_token
-from sse_client import SSEClient
 
 SECRET = "lurestream-test-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJ"
 
@@ -40,8 +40,13 @@ TOPOLOGY_2 = {"_id": "topo-2", "status": "deploying"}
 
 
 def envelope(subject: str, payload: Any = None, type_: str = "t", ts: float | None = None, **extra: Any) -> bytes:
-    body: dict[str, Any] = {"v": 1, "id": "e1", "topic": subject, "type": type_,
-                            "ts": time.time() if ts is None else ts}
+    body: dict[str, Any] = {
+        "v": 1,
+        "id": "e1",
+        "topic": subject,
+        "type": type_,
+        "ts": time.time() if ts is None else ts,
+    }
     if payload is not None:
         body["payload"] = payload
     body.update(extra)
@@ -70,8 +75,13 @@ class Harness:
         return str(json.loads(response.body)["ticket"])
 
     # -- streams -------------------------------------------------------------------------------
-    async def open(self, path: str, token: str | None = None, query: dict[str, str] | None = None,
-                   headers: dict[str, str] | None = None) -> SSEClient:
+    async def open(
+        self,
+        path: str,
+        token: str | None = None,
+        query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> SSEClient:
         params = dict(query or {})
         if token is not None:
             params["token"] = token
@@ -116,27 +126,46 @@ class Harness:
             self._nc = None
 
     # -- plain HTTP ----------------------------------------------------------------------------
-    async def fetch(self, method: str, path: str, bearer: str | None = None,
-                    headers: dict[str, str] | None = None, body: bytes | None = None) -> HTTPResponse:
+    async def fetch(
+        self,
+        method: str,
+        path: str,
+        bearer: str | None = None,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> HTTPResponse:
         hdrs = dict(headers or {})
         if bearer is not None:
             hdrs["Authorization"] = f"Bearer {bearer}"
         if method == "POST" and body is None:
             body = b""
-        return await self._http.fetch(f"http://127.0.0.1:{self.port}{path}", method=method, headers=hdrs,
-                                      body=body, raise_error=False, request_timeout=10)
+        return await self._http.fetch(
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
+            headers=hdrs,
+            body=body,
+            raise_error=False,
+            request_timeout=10,
+        )
 
 
 @contextlib.asynccontextmanager
-async def standalone(nats_url: str, mongo_uri: str, db_name: str, mongo: Any = None,
-                     settings: dict[str, Any] | None = None, **app_settings: Any) -> Any:
+async def standalone(
+    nats_url: str,
+    mongo_uri: str,
+    db_name: str,
+    mongo: Any = None,
+    settings: dict[str, Any] | None = None,
+    **app_settings: Any,
+) -> Any:
     """An app of the test's own (outside the ``ls`` fixture), for tests that stop or restart a service;
     it ends with the same leak guard."""
     from tornado.httpserver import HTTPServer
     from tornado.testing import bind_unused_port
 
-    config = config_from({"nats_url": nats_url, "mongo_uri": mongo_uri, "mongo_db": db_name, "jwt_secret": SECRET,
-                          **(settings or {})})
+    config = config_from(
+        {"nats_url": nats_url, "mongo_uri": mongo_uri, "mongo_db": db_name, "jwt_secret": SECRET, **(settings or {})}
+    )
     services = Services.build(config)
     services.hub.reconnect_wait = 0.2
     await services.hub.start()
@@ -147,8 +176,10 @@ async def standalone(nats_url: str, mongo_uri: str, db_name: str, mongo: Any = N
     try:
         yield harness
         harness.close_clients()
-        await harness.wait_for(lambda: services.hub.subscription_count == 0 and services.limiter.held() == 0,
-                               what="leak guard: registrations and slots released")
+        await harness.wait_for(
+            lambda: services.hub.subscription_count == 0 and services.limiter.held() == 0,
+            what="leak guard: registrations and slots released",
+        )
     finally:
         harness.close_clients()
         await harness.aclose()

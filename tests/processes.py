@@ -31,8 +31,13 @@ class ServerProcess:
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "lurestream", "serve"], env=lurestream_env(**self.settings),
-                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "lurestream", "serve"],
+                env=lurestream_env(**self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         wait_port(self.port, timeout, self.proc, "lurestream")
         return self
 

@@ -62,8 +62,9 @@ class SSEClient:
         self._body_done = False
 
     @classmethod
-    async def open(cls, port: int, path: str, headers: dict[str, str] | None = None,
-                   host: str = "127.0.0.1", timeout: float = 10.0) -> SSEClient:
+    async def open(
+        cls, port: int, path: str, headers: dict[str, str] | None = None, host: str = "127.0.0.1", timeout: float = 10.0
+    ) -> SSEClient:
         reader, writer = await asyncio.open_connection(host, port)
         client = cls(reader, writer)
         lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]

@@ -10,7 +10,6 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-
 from harness import ADMIN, ATTACKER_A, AUDITOR, MUST_CHANGE, SECOND_VIEWER, SECRET, VIEWER
 
 A = ATTACKER_A["_id"]
@@ -20,8 +19,15 @@ BAD = {"detail": "Could not validate credentials"}
 
 def claims(**overrides):
     now = int(time.time())
-    base = {"uuid": VIEWER, "iss": "decnet", "aud": "decnet-dashboard", "typ": "access", "iat": now,
-            "exp": now + 600, "jti": "jti-" + str(now)}
+    base = {
+        "uuid": VIEWER,
+        "iss": "decnet",
+        "aud": "decnet-dashboard",
+        "typ": "access",
+        "iat": now,
+        "exp": now + 600,
+        "jti": "jti-" + str(now),
+    }
     for k, v in overrides.items():
         if v is None:
             base.pop(k, None)
@@ -136,8 +142,10 @@ async def test_role_not_allowed_is_403_and_admin_is_allowed(ls):
 
 @pytest.mark.gen_test
 async def test_unknown_ids_are_404_for_authorised_callers_only(ls):
-    for path, detail in (("/api/v1/attackers/nope/events", "Attacker not found"),
-                         ("/api/v1/topologies/nope/events", "Topology not found")):
+    for path, detail in (
+        ("/api/v1/attackers/nope/events", "Attacker not found"),
+        ("/api/v1/topologies/nope/events", "Topology not found"),
+    ):
         client = await ls.open(path, token=ls.token())
         assert client.status == 404
         assert client.headers["content-type"].startswith("application/json")
@@ -199,13 +207,14 @@ def ec_key(tmp_path):
 
 def test_public_key_algorithms(ec_key, mongo_service, nats_service, io_loop, mongo, db_name):
     """RS/ES tokens verify against LURESTREAM_JWT_PUBLIC_KEY_FILE; HS tokens are then refused."""
-    from lurestream.auth import AuthError, Authenticator
+    from lurestream.auth import Authenticator, AuthError
     from lurestream.config import config_from
     from lurestream.store.mongo import MongoStore
 
     key, path = ec_key
-    config = config_from({"jwt_algorithms": "ES256", "jwt_public_key_file": path, "mongo_uri": mongo_service.url,
-                          "mongo_db": db_name})
+    config = config_from(
+        {"jwt_algorithms": "ES256", "jwt_public_key_file": path, "mongo_uri": mongo_service.url, "mongo_db": db_name}
+    )
     store = MongoStore(config.mongo_uri, config.mongo_db)
     auth = Authenticator(config, store)
     good = jwt.encode(claims(), key, algorithm="ES256")
@@ -222,13 +231,25 @@ def test_public_key_algorithms(ec_key, mongo_service, nats_service, io_loop, mon
 async def test_expired_ticket_and_role_rebinding(ls):
     from lurestream.auth import hash_ticket
 
-    ls.db.sse_tickets.insert_one({"_id": hash_ticket("expired-ticket"), "uuid": VIEWER, "role": "viewer",
-                                  "expires_at": datetime.now(timezone.utc) - timedelta(seconds=1)})
+    ls.db.sse_tickets.insert_one(
+        {
+            "_id": hash_ticket("expired-ticket"),
+            "uuid": VIEWER,
+            "role": "viewer",
+            "expires_at": datetime.now(timezone.utc) - timedelta(seconds=1),
+        }
+    )
     client = await ls.open(STREAM, query={"ticket": "expired-ticket"})
     await assert_401(client, {"detail": "Invalid or expired ticket"})
     assert ls.db.sse_tickets.count_documents({}) == 0, "a failed redemption still uses the ticket up"
-    ls.db.sse_tickets.insert_one({"_id": hash_ticket("auditor-ticket"), "uuid": AUDITOR, "role": "auditor",
-                                  "expires_at": datetime.now(timezone.utc) + timedelta(seconds=60)})
+    ls.db.sse_tickets.insert_one(
+        {
+            "_id": hash_ticket("auditor-ticket"),
+            "uuid": AUDITOR,
+            "role": "auditor",
+            "expires_at": datetime.now(timezone.utc) + timedelta(seconds=60),
+        }
+    )
     client = await ls.open(STREAM, query={"ticket": "auditor-ticket"})
     assert client.status == 403
     assert await client.json() == {"detail": "Insufficient permissions"}

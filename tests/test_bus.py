@@ -7,8 +7,8 @@ import json
 import urllib.request
 
 import pytest
-
 from harness import ATTACKER_A, ATTACKER_B, standalone
+
 from lurestream.localservices import free_port, nats_server
 from lurestream.routing import SUBJECT_FAMILIES
 
@@ -27,8 +27,11 @@ async def test_one_subscription_set_per_process(ls, nats_service):
         pytest.skip("needs the fixture's own nats-server (monitoring port)")
     clients = []
     for i in range(12):
-        user = ["11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222",
-                "55555555-5555-4555-8555-555555555555"][i % 3]
+        user = [
+            "11111111-1111-4111-8111-111111111111",
+            "22222222-2222-4222-8222-222222222222",
+            "55555555-5555-4555-8555-555555555555",
+        ][i % 3]
         if i % 4 == 3:
             clients.append(await ls.topology("topo-1", user=user))
         else:

@@ -25,8 +25,13 @@ def _alive(pid: int) -> bool:
 
 
 def test_demo_serves_live_events_and_ctrl_c_stops_everything():
-    proc = subprocess.Popen([sys.executable, "-m", "lurestream", "demo", "--port", "0", "--rate", "20"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=lurestream_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lurestream", "demo", "--port", "0", "--rate", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=lurestream_env(),
+    )
     urls: dict[str, str] = {}
     output = []
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from harness import ATTACKER_A
 
 
@@ -39,9 +38,15 @@ async def test_cors_for_configured_origins_only(ls):
     other = await ls.open(path, token=ls.token(), headers={"Origin": "https://evil.example"})
     await other.start_stream()
     assert "access-control-allow-origin" not in other.headers
-    preflight = await ls.fetch("OPTIONS", "/api/v1/auth/sse-ticket",
-                               headers={"Origin": "https://dash.example", "Access-Control-Request-Method": "POST",
-                                        "Access-Control-Request-Headers": "authorization"})
+    preflight = await ls.fetch(
+        "OPTIONS",
+        "/api/v1/auth/sse-ticket",
+        headers={
+            "Origin": "https://dash.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
     assert preflight.code == 204
     assert preflight.headers["Access-Control-Allow-Origin"] == "https://dash.example"
     assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]

@@ -12,12 +12,12 @@ import time
 import urllib.request
 
 import pytest
-
-from harness import ATTACKER_A, SECRET, VIEWER, envelope
-from lurestream.config import config_from
-from lurestream.tokens import mint_token
+from harness import ATTACKER_A, SECRET, VIEWER
 from processes import ServerProcess, lurestream_env
 from sse_client import SSEClient
+
+from lurestream.config import config_from
+from lurestream.tokens import mint_token
 
 A = ATTACKER_A["_id"]
 STREAM = f"/api/v1/attackers/{A}/events"
@@ -31,8 +31,14 @@ def _token():
 def server(tmp_path, nats_service, mongo_service, mongo, db_name, request):
     marker = request.node.get_closest_marker("server_settings")
     extra = marker.kwargs if marker else {}
-    proc = ServerProcess(str(tmp_path / "server.log"), nats_url=nats_service.url, mongo_uri=mongo_service.url,
-                         mongo_db=db_name, jwt_secret=SECRET, **extra).start()
+    proc = ServerProcess(
+        str(tmp_path / "server.log"),
+        nats_url=nats_service.url,
+        mongo_uri=mongo_service.url,
+        mongo_db=db_name,
+        jwt_secret=SECRET,
+        **extra,
+    ).start()
     proc.wait_ready()
     yield proc
     proc.stop()
@@ -53,8 +59,15 @@ async def test_sigterm_closes_streams_and_exits_zero(server):
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.parametrize("log_format", ["text", "json"])
 async def test_credentials_never_in_logs(tmp_path, nats_service, mongo_service, mongo, db_name, log_format):
-    proc = ServerProcess(str(tmp_path / "server.log"), nats_url=nats_service.url, mongo_uri=mongo_service.url,
-                         mongo_db=db_name, jwt_secret=SECRET, log_level="debug", log_format=log_format).start()
+    proc = ServerProcess(
+        str(tmp_path / "server.log"),
+        nats_url=nats_service.url,
+        mongo_uri=mongo_service.url,
+        mongo_db=db_name,
+        jwt_secret=SECRET,
+        log_level="debug",
+        log_format=log_format,
+    ).start()
     token = _token()
     secrets_seen = [token]
     try:
@@ -68,15 +81,20 @@ async def test_credentials_never_in_logs(tmp_path, nats_service, mongo_service, 
         c = await SSEClient.open(proc.port, f"{STREAM}?token={bad}")
         assert c.status == 401
         c.close()
-        req = urllib.request.Request(f"http://127.0.0.1:{proc.port}/api/v1/auth/sse-ticket", data=b"", method="POST",
-                                     headers={"Authorization": f"Bearer {token}"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{proc.port}/api/v1/auth/sse-ticket",
+            data=b"",
+            method="POST",
+            headers={"Authorization": f"Bearer {token}"},
+        )
         ticket = json.load(urllib.request.urlopen(req, timeout=5))["ticket"]
         secrets_seen.append(ticket)
         for _ in range(2):
             c = await SSEClient.open(proc.port, f"{STREAM}?ticket={ticket}&token={token}")
             c.close()
-        c = await SSEClient.open(proc.port, "/api/v1/attackers/missing/events",
-                                 headers={"Authorization": f"Bearer {token}"})
+        c = await SSEClient.open(
+            proc.port, "/api/v1/attackers/missing/events", headers={"Authorization": f"Bearer {token}"}
+        )
         assert c.status == 404
         c.close()
         await asyncio.sleep(0.3)
@@ -91,15 +109,18 @@ async def test_credentials_never_in_logs(tmp_path, nats_service, mongo_service, 
     if log_format == "json":
         lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
         access = [e for e in lines if e["logger"] == "tornado.access"]
-        assert access and {"time", "level", "logger", "message", "method", "path", "status", "duration_ms"} <= set(access[0])
+        assert access and {"time", "level", "logger", "message", "method", "path", "status", "duration_ms"} <= set(
+            access[0]
+        )
         assert any(e.get("user_uuid") == VIEWER for e in access)
 
 
 def test_init_db_command(mongo_service, mongo, db_name):
     env = lurestream_env(mongo_uri=mongo_service.url, mongo_db=db_name)
     for _ in range(2):  # idempotent
-        result = subprocess.run([sys.executable, "-m", "lurestream", "init-db"], capture_output=True, text=True,
-                                env=env, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "lurestream", "init-db"], capture_output=True, text=True, env=env, timeout=60
+        )
         assert result.returncode == 0, result.stderr
         assert result.stdout.count("index ready:") == 3
     assert len(mongo.observations.index_information()) == 2
@@ -109,8 +130,9 @@ def test_init_db_reports_unreachable_store():
     from lurestream.localservices import free_port
 
     env = lurestream_env(mongo_uri=f"mongodb://127.0.0.1:{free_port()}", mongo_timeout_ms=300)
-    result = subprocess.run([sys.executable, "-m", "lurestream", "init-db"], capture_output=True, text=True, env=env,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "lurestream", "init-db"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert result.returncode == 1
     assert "MongoDB unavailable" in result.stderr and "Traceback" not in result.stderr
 
@@ -131,11 +153,17 @@ async def test_workers_share_the_port_and_a_killed_worker_is_replaced(server, na
     workers = _worker_pids(parent)
     assert len(workers) == 2
     if nats_service.extra_ports.get("monitor"):
+
         def ours():
-            with urllib.request.urlopen(f"http://127.0.0.1:{nats_service.extra_ports['monitor']}/connz?subs=1",
-                                        timeout=5) as r:
-                return [c for c in json.load(r)["connections"] or [] if c.get("name") == "lurestream"
-                        and c.get("subscriptions_list")]
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{nats_service.extra_ports['monitor']}/connz?subs=1", timeout=5
+            ) as r:
+                return [
+                    c
+                    for c in json.load(r)["connections"] or []
+                    if c.get("name") == "lurestream" and c.get("subscriptions_list")
+                ]
+
         deadline = time.monotonic() + 20
         while len(await loop.run_in_executor(None, ours)) < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)

@@ -8,10 +8,9 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
+from harness import ATTACKER_A, VIEWER, standalone
 from pymongo import MongoClient
 
-from harness import ATTACKER_A, VIEWER, standalone
 from lurestream.localservices import free_port, mongo_wire_server
 from lurestream.store import StoreUnavailable
 from lurestream.store.mongo import MongoStore
@@ -58,8 +57,19 @@ async def test_attacker_and_topology_lookups(store):
 
 @pytest.mark.gen_test
 async def test_latest_observations(store, mongo):
-    rows = [{"attacker_uuid": A, "primitive": p, "value": f"{p}-{ts}", "confidence": 0.5, "ts": float(ts),
-             "source": "s", "extra_field": "not in snapshot"} for p in ("b", "a", "c") for ts in (3, 1, 2)]
+    rows = [
+        {
+            "attacker_uuid": A,
+            "primitive": p,
+            "value": f"{p}-{ts}",
+            "confidence": 0.5,
+            "ts": float(ts),
+            "source": "s",
+            "extra_field": "not in snapshot",
+        }
+        for p in ("b", "a", "c")
+        for ts in (3, 1, 2)
+    ]
     rows.append({"attacker_uuid": "other", "primitive": "a", "value": "x", "confidence": 1, "ts": 99.0, "source": "s"})
     mongo.observations.insert_many(rows)
     got = await store.latest_observations(A)
@@ -72,14 +82,40 @@ async def test_latest_observations(store, mongo):
 @pytest.mark.gen_test
 async def test_in_flight_mutations_json_ready(store, mongo):
     t = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-    mongo.topology_mutations.insert_many([
-        {"_id": "m1", "topology_id": "topo-1", "op": "x", "payload": {"k": 1}, "state": "applying",
-         "requested_at": t, "applied_at": None, "reason": None},
-        {"_id": "m2", "topology_id": "topo-1", "op": "y", "payload": {}, "state": "pending",
-         "requested_at": t - timedelta(hours=1), "applied_at": None, "reason": "because"},
-        {"_id": "m3", "topology_id": "topo-1", "op": "z", "payload": {}, "state": "applied",
-         "requested_at": t, "applied_at": t, "reason": None},
-    ])
+    mongo.topology_mutations.insert_many(
+        [
+            {
+                "_id": "m1",
+                "topology_id": "topo-1",
+                "op": "x",
+                "payload": {"k": 1},
+                "state": "applying",
+                "requested_at": t,
+                "applied_at": None,
+                "reason": None,
+            },
+            {
+                "_id": "m2",
+                "topology_id": "topo-1",
+                "op": "y",
+                "payload": {},
+                "state": "pending",
+                "requested_at": t - timedelta(hours=1),
+                "applied_at": None,
+                "reason": "because",
+            },
+            {
+                "_id": "m3",
+                "topology_id": "topo-1",
+                "op": "z",
+                "payload": {},
+                "state": "applied",
+                "requested_at": t,
+                "applied_at": t,
+                "reason": None,
+            },
+        ]
+    )
     items = await store.in_flight_mutations("topo-1")
     assert [i["id"] for i in items] == ["m2", "m1"]
     assert "_id" not in items[0]
@@ -97,7 +133,9 @@ async def test_init_indexes_is_idempotent(store, mongo):
     assert first == second and len(first) == 3
     keys = [list(spec["key"]) for spec in mongo.observations.index_information().values()]
     assert any(k[:2] == [("attacker_uuid", 1), ("primitive", 1)] and k[2][0] == "ts" for k in keys), keys
-    assert any(list(spec["key"])[0][0] == "topology_id" for spec in mongo.topology_mutations.index_information().values())
+    assert any(
+        list(spec["key"])[0][0] == "topology_id" for spec in mongo.topology_mutations.index_information().values()
+    )
     assert any(list(spec["key"]) == [("expires_at", 1)] for spec in mongo.sse_tickets.index_information().values())
 
 

@@ -6,7 +6,6 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
 from harness import ATTACKER_A, ATTACKER_B, TOPOLOGY_1, TOPOLOGY_2
 
 A = ATTACKER_A["_id"]
@@ -26,23 +25,36 @@ async def test_headers_and_opening_frames(ls):
 
 @pytest.mark.gen_test
 async def test_attacker_snapshot_latest_per_primitive_sorted(ls):
-    ls.db.observations.insert_many([
-        {"attacker_uuid": A, "primitive": "ja3", "value": "old", "confidence": 0.5, "ts": 100.0, "source": "s1"},
-        {"attacker_uuid": A, "primitive": "ja3", "value": "new", "confidence": 0.9, "ts": 300.0, "source": "s2"},
-        {"attacker_uuid": A, "primitive": "ja3", "value": "mid", "confidence": 0.7, "ts": 200.0, "source": "s3"},
-        {"attacker_uuid": A, "primitive": "http.user_agent", "value": {"ua": "curl"}, "confidence": 0.4,
-         "ts": 50.0, "source": "http"},
-        {"attacker_uuid": A, "primitive": "asn", "value": 64500, "confidence": 1.0, "ts": 10.0, "source": "geo"},
-        {"attacker_uuid": B, "primitive": "ja3", "value": "other-attacker", "confidence": 1.0, "ts": 999.0,
-         "source": "x"},
-    ])
+    ls.db.observations.insert_many(
+        [
+            {"attacker_uuid": A, "primitive": "ja3", "value": "old", "confidence": 0.5, "ts": 100.0, "source": "s1"},
+            {"attacker_uuid": A, "primitive": "ja3", "value": "new", "confidence": 0.9, "ts": 300.0, "source": "s2"},
+            {"attacker_uuid": A, "primitive": "ja3", "value": "mid", "confidence": 0.7, "ts": 200.0, "source": "s3"},
+            {
+                "attacker_uuid": A,
+                "primitive": "http.user_agent",
+                "value": {"ua": "curl"},
+                "confidence": 0.4,
+                "ts": 50.0,
+                "source": "http",
+            },
+            {"attacker_uuid": A, "primitive": "asn", "value": 64500, "confidence": 1.0, "ts": 10.0, "source": "geo"},
+            {
+                "attacker_uuid": B,
+                "primitive": "ja3",
+                "value": "other-attacker",
+                "confidence": 1.0,
+                "ts": 999.0,
+                "source": "x",
+            },
+        ]
+    )
     client = await ls.attacker(A)
     assert client.snapshot.json() == {
         "attacker_uuid": A,
         "observations": [
             {"primitive": "asn", "value": 64500, "confidence": 1.0, "ts": 10.0, "source": "geo"},
-            {"primitive": "http.user_agent", "value": {"ua": "curl"}, "confidence": 0.4, "ts": 50.0,
-             "source": "http"},
+            {"primitive": "http.user_agent", "value": {"ua": "curl"}, "confidence": 0.4, "ts": 50.0, "source": "http"},
             {"primitive": "ja3", "value": "new", "confidence": 0.9, "ts": 300.0, "source": "s2"},
         ],
     }
@@ -60,15 +72,28 @@ async def test_topology_snapshot_pending_then_applying_newest_first(ls):
     t1 = TOPOLOGY_1["_id"]
 
     def mutation(mid, state, minutes, topology=t1):
-        return {"_id": mid, "topology_id": topology, "op": "add_decky", "payload": {"n": mid, "nested": [1, 2]},
-                "state": state, "requested_at": now + timedelta(minutes=minutes), "applied_at": None, "reason": None}
+        return {
+            "_id": mid,
+            "topology_id": topology,
+            "op": "add_decky",
+            "payload": {"n": mid, "nested": [1, 2]},
+            "state": state,
+            "requested_at": now + timedelta(minutes=minutes),
+            "applied_at": None,
+            "reason": None,
+        }
 
-    ls.db.topology_mutations.insert_many([
-        mutation("p-old", "pending", 1), mutation("p-new", "pending", 5),
-        mutation("a-old", "applying", 2), mutation("a-new", "applying", 9),
-        mutation("done", "applied", 10), mutation("failed", "failed", 11),
-        mutation("other", "pending", 20, topology=TOPOLOGY_2["_id"]),
-    ])
+    ls.db.topology_mutations.insert_many(
+        [
+            mutation("p-old", "pending", 1),
+            mutation("p-new", "pending", 5),
+            mutation("a-old", "applying", 2),
+            mutation("a-new", "applying", 9),
+            mutation("done", "applied", 10),
+            mutation("failed", "failed", 11),
+            mutation("other", "pending", 20, topology=TOPOLOGY_2["_id"]),
+        ]
+    )
     ls.db.topology_mutations.update_one({"_id": "done"}, {"$set": {"applied_at": now}})
     client = await ls.topology(t1)
     data = client.snapshot.json()
@@ -76,9 +101,16 @@ async def test_topology_snapshot_pending_then_applying_newest_first(ls):
     assert data["status"] == "active"
     assert [m["id"] for m in data["in_flight"]] == ["p-new", "p-old", "a-new", "a-old"]
     first = data["in_flight"][0]
-    assert first == {"id": "p-new", "topology_id": t1, "op": "add_decky", "payload": {"n": "p-new", "nested": [1, 2]},
-                     "state": "pending", "requested_at": "2026-11-01T12:05:00+00:00", "applied_at": None,
-                     "reason": None}
+    assert first == {
+        "id": "p-new",
+        "topology_id": t1,
+        "op": "add_decky",
+        "payload": {"n": "p-new", "nested": [1, 2]},
+        "state": "pending",
+        "requested_at": "2026-11-01T12:05:00+00:00",
+        "applied_at": None,
+        "reason": None,
+    }
 
 
 @pytest.mark.gen_test
@@ -95,8 +127,7 @@ ATTACKER_CASES = [
     ("attacker.scored", {"attacker_uuid": A, "score": 7}, "attacker.scored"),
     ("attacker.scored", {"attacker_ip": ATTACKER_A["ip"], "score": 9}, "attacker.scored"),
     ("attribution.profile.state_changed", {"identity_uuid": "identity-1"}, "attribution.state_changed"),
-    ("attribution.profile.multi_actor_suspected", {"identity_uuid": "identity-1"},
-     "attribution.multi_actor_suspected"),
+    ("attribution.profile.multi_actor_suspected", {"identity_uuid": "identity-1"}, "attribution.multi_actor_suspected"),
     ("attacker.session.closed", {"attacker_uuid": A}, "attacker.session.closed"),
     ("attacker.custom", {"identity_uuid": "identity-1"}, "attacker.custom"),
     ("attribution.profile.merged", {"identity_uuid": "identity-1"}, "attribution.profile.merged"),
@@ -205,8 +236,9 @@ async def test_missing_envelope_fields_get_defaults(ls):
     assert data["type"] == ""
     assert isinstance(data["ts"], float) and abs(data["ts"] - __import__("time").time()) < 30
     # the topic comes from the subject, never from the body
-    await ls.publish("attacker.observation.tls", raw=b'{"topic": "forged.topic", "payload": {"attacker_uuid": "%s"}}'
-                     % A.encode())
+    await ls.publish(
+        "attacker.observation.tls", raw=b'{"topic": "forged.topic", "payload": {"attacker_uuid": "%s"}}' % A.encode()
+    )
     assert (await client.next_event()).json()["topic"] == "attacker.observation.tls"
 
 
@@ -214,8 +246,16 @@ async def test_missing_envelope_fields_get_defaults(ls):
 async def test_malformed_bus_messages_skipped_without_harm(ls):
     client = await ls.attacker(A)
     before = ls.hub.stats.malformed
-    for raw in (b"not json", b"[1, 2]", b'"str"', b'{"payload": [1]}', b'{"payload": "x"}', b"\xff\xfe",
-                b'{"payload": {"attacker_uuid": "%s"}, "ts": "yesterday"}' % A.encode(), b""):
+    for raw in (
+        b"not json",
+        b"[1, 2]",
+        b'"str"',
+        b'{"payload": [1]}',
+        b'{"payload": "x"}',
+        b"\xff\xfe",
+        b'{"payload": {"attacker_uuid": "%s"}, "ts": "yesterday"}' % A.encode(),
+        b"",
+    ):
         await ls.publish("attacker.observation.ja3", raw=raw)
     await ls.publish("attacker.observation.ja3", {"attacker_uuid": A, "ok": True})
     frame = await client.next_event()
@@ -281,5 +321,7 @@ async def test_client_disconnect_releases_slot_and_registration(ls):
     assert ls.hub.subscription_count == 1
     assert ls.services.limiter.held() == 1
     client.close()
-    await ls.wait_for(lambda: ls.hub.subscription_count == 0 and ls.services.limiter.held() == 0,
-                      what="slot and registration released")
+    await ls.wait_for(
+        lambda: ls.hub.subscription_count == 0 and ls.services.limiter.held() == 0,
+        what="slot and registration released",
+    )

@@ -7,7 +7,6 @@ import json
 from datetime import datetime, timezone
 
 import pytest
-
 from harness import ADMIN, ATTACKER_A, VIEWER
 from processes import ServerProcess
 from sse_client import SSEClient
@@ -88,8 +87,13 @@ async def test_ticket_counts_against_cap_of_its_user(ls):
 
 @pytest.mark.gen_test
 async def test_ticket_minted_here_is_redeemed_by_a_second_process(ls, tmp_path, mongo_service, nats_service):
-    other = ServerProcess(str(tmp_path / "second.log"), nats_url=nats_service.url, mongo_uri=mongo_service.url,
-                          mongo_db=ls.config.mongo_db, jwt_secret=ls.config.jwt_secret).start()
+    other = ServerProcess(
+        str(tmp_path / "second.log"),
+        nats_url=nats_service.url,
+        mongo_uri=mongo_service.url,
+        mongo_db=ls.config.mongo_db,
+        jwt_secret=ls.config.jwt_secret,
+    ).start()
     try:
         ticket = await ls.ticket()
         client = await SSEClient.open(other.port, f"{STREAM}?ticket={ticket}")

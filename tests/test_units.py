@@ -16,7 +16,10 @@ from lurestream.subscription import Subscription
 
 def test_encode_frame_is_safe():
     assert sse.encode_frame("snapshot", '{"a":1}') == b'event: snapshot\ndata: {"a":1}\n\n'
-    assert sse.encode_frame("x\nevent: evil", "a\nb", event_id="1\n2") == b"id: 12\nevent: xevent: evil\ndata: a\ndata: b\n\n"
+    assert (
+        sse.encode_frame("x\nevent: evil", "a\nb", event_id="1\n2")
+        == b"id: 12\nevent: xevent: evil\ndata: a\ndata: b\n\n"
+    )
     assert sse.encode_frame("e", "") == b"event: e\ndata: \n\n"
 
 
@@ -25,19 +28,26 @@ def test_dumps_is_one_ascii_line():
     assert "\n" not in text and text.isascii()
 
 
-@pytest.mark.parametrize("subject,payload,expected", [
-    ("attacker.observation.ja3", {"attacker_uuid": "u"}, Route(("attacker", "u"), "observation")),
-    ("attacker.scored", {"attacker_ip": "1.2.3.4"}, Route(("ip", "1.2.3.4"), "attacker.scored")),
-    ("attacker.scored", {"attacker_uuid": None, "attacker_ip": "1.2.3.4"}, None),
-    ("attribution.profile.state_changed", {"identity_uuid": "i"}, Route(("identity", "i"), "attribution.state_changed")),
-    ("topology.t1.mutation.applied", {}, Route(("topology", "t1"), "mutation.applied")),
-    ("decky.d1.service_added", {"topology_id": "t1"}, Route(("topology", "t1"), "decky.service_added")),
-    ("decky.d1", {"topology_id": "t1"}, None),
-    ("topology", {}, None),
-    ("other.thing", {"attacker_uuid": "u"}, None),
-    ("attacker.observation.ja3", {"attacker_uuid": ""}, None),
-    ("attacker.observation.ja3", {"attacker_uuid": 5}, None),
-])
+@pytest.mark.parametrize(
+    "subject,payload,expected",
+    [
+        ("attacker.observation.ja3", {"attacker_uuid": "u"}, Route(("attacker", "u"), "observation")),
+        ("attacker.scored", {"attacker_ip": "1.2.3.4"}, Route(("ip", "1.2.3.4"), "attacker.scored")),
+        ("attacker.scored", {"attacker_uuid": None, "attacker_ip": "1.2.3.4"}, None),
+        (
+            "attribution.profile.state_changed",
+            {"identity_uuid": "i"},
+            Route(("identity", "i"), "attribution.state_changed"),
+        ),
+        ("topology.t1.mutation.applied", {}, Route(("topology", "t1"), "mutation.applied")),
+        ("decky.d1.service_added", {"topology_id": "t1"}, Route(("topology", "t1"), "decky.service_added")),
+        ("decky.d1", {"topology_id": "t1"}, None),
+        ("topology", {}, None),
+        ("other.thing", {"attacker_uuid": "u"}, None),
+        ("attacker.observation.ja3", {"attacker_uuid": ""}, None),
+        ("attacker.observation.ja3", {"attacker_uuid": 5}, None),
+    ],
+)
 def test_route(subject, payload, expected):
     assert route(subject, payload) == expected
 
@@ -45,7 +55,10 @@ def test_route(subject, payload, expected):
 def test_attacker_keys_skip_missing_values():
     assert attacker_keys({"_id": "u", "ip": None, "identity_id": ""}) == [("attacker", "u")]
     assert attacker_keys({"_id": "u", "ip": "1.1.1.1", "identity_id": "i"}) == [
-        ("attacker", "u"), ("ip", "1.1.1.1"), ("identity", "i")]
+        ("attacker", "u"),
+        ("ip", "1.1.1.1"),
+        ("identity", "i"),
+    ]
 
 
 def test_decode_envelope():

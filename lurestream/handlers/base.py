@@ -13,7 +13,7 @@ from typing import Any
 
 import tornado.web
 
-from lurestream.auth import INVALID_CREDENTIALS, NOT_AUTHENTICATED, AuthError, Authenticator, Identity
+from lurestream.auth import INVALID_CREDENTIALS, NOT_AUTHENTICATED, Authenticator, AuthError, Identity
 from lurestream.config import Config
 from lurestream.redact import redact
 from lurestream.store import StoreUnavailable
@@ -80,13 +80,13 @@ class BaseHandler(tornado.web.RequestHandler):
                 raise AuthError(401, INVALID_CREDENTIALS, "malformed Authorization header")
             return await self.auth.authenticate_token(token.strip())
         if self.accept_ticket:
-            ticket = self.get_query_argument("ticket", None)
+            ticket: str | None = self.get_query_argument("ticket", None)
             if ticket:
                 return await self.auth.redeem_ticket(ticket)
         if self.accept_query_token and self.config.allow_query_token:
-            token = self.get_query_argument("token", None)
-            if token:
-                return await self.auth.authenticate_token(token)
+            query_token: str | None = self.get_query_argument("token", None)
+            if query_token:
+                return await self.auth.authenticate_token(query_token)
         raise AuthError(401, NOT_AUTHENTICATED, "no credentials")
 
     # -- responses ------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ class BaseHandler(tornado.web.RequestHandler):
 class NotFoundHandler(BaseHandler):
     """Unknown paths get the same JSON error shape as everything else."""
 
-    def initialize(self, **kwargs: Any) -> None:  # needs no collaborators
+    def initialize(self, **kwargs: Any) -> None:  # type: ignore[override]  # needs no collaborators
         self.identity = None
 
     def prepare(self) -> None:  # type: ignore[override]

@@ -9,8 +9,9 @@ The server writes nowhere but ``sse_tickets`` (SPEC §8).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import ConnectionFailure
@@ -18,6 +19,7 @@ from pymongo.errors import ConnectionFailure
 from lurestream.store import StoreUnavailable
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 OBSERVATION_FIELDS = ("primitive", "value", "confidence", "ts", "source")
 IN_FLIGHT_STATES = ("pending", "applying")
@@ -30,9 +32,11 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
 }
 
 
-def _unavailable(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def _unavailable(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Turn the driver's connection failures and timeouts into StoreUnavailable."""
+
     @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> T:
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await fn(*args, **kwargs)
         except ConnectionFailure as exc:
@@ -43,7 +47,7 @@ def _unavailable(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]
 
 def make_client(uri: str, driver: str, timeout_ms: int) -> Any:
     """A tz-aware async client for the chosen driver, failing fast when the server is away."""
-    options = dict(
+    options: dict[str, Any] = dict(
         tz_aware=True,
         serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms,
@@ -82,9 +86,10 @@ class MongoStore:
 
     @_unavailable
     async def get_user(self, uuid: str) -> dict[str, Any] | None:
-        return await self.db.users.find_one(
+        doc: dict[str, Any] | None = await self.db.users.find_one(
             {"_id": uuid}, {"role": 1, "must_change_password": 1, "tokens_valid_from": 1}
         )
+        return doc
 
     @_unavailable
     async def is_revoked(self, jti: str) -> bool:
@@ -96,21 +101,24 @@ class MongoStore:
 
     @_unavailable
     async def take_ticket(self, ticket_hash: str) -> dict[str, Any] | None:
-        return await self.db.sse_tickets.find_one_and_delete({"_id": ticket_hash})
+        doc: dict[str, Any] | None = await self.db.sse_tickets.find_one_and_delete({"_id": ticket_hash})
+        return doc
 
     @_unavailable
     async def get_attacker(self, uuid: str) -> dict[str, Any] | None:
-        return await self.db.attackers.find_one({"_id": uuid}, {"ip": 1, "identity_id": 1})
+        doc: dict[str, Any] | None = await self.db.attackers.find_one({"_id": uuid}, {"ip": 1, "identity_id": 1})
+        return doc
 
     @_unavailable
     async def get_topology(self, topology_id: str) -> dict[str, Any] | None:
-        return await self.db.topologies.find_one({"_id": topology_id}, {"status": 1})
+        doc: dict[str, Any] | None = await self.db.topologies.find_one({"_id": topology_id}, {"status": 1})
+        return doc
 
     @_unavailable
     async def latest_observations(self, attacker_uuid: str) -> list[dict[str, Any]]:
         # $sort on the (attacker_uuid, primitive, ts desc) index then $group/$first: MongoDB answers
         # it from the index; the final $sort fixes the order (a $group's output order is undefined).
-        pipeline = [
+        pipeline: list[dict[str, Any]] = [
             {"$match": {"attacker_uuid": attacker_uuid}},
             {"$sort": {"primitive": 1, "ts": -1}},
             {"$group": {"_id": "$primitive", "doc": {"$first": "$$ROOT"}}},
