@@ -55,7 +55,6 @@ async def test_bus_disabled_streams_snapshot_then_keepalives_and_ready(ls):
 
 @pytest.mark.gen_test
 @pytest.mark.lurestream(nats_url="", keepalive_seconds=0.2)
-@pytest.mark.app_settings(keepalive_seconds=0.2)
 async def test_bus_disabled_keepalives_follow_snapshot(ls):
     client = await ls.open(f"/api/v1/attackers/{A}/events", token=ls.token())
     await client.start_stream()

@@ -275,7 +275,7 @@ async def test_payload_with_newlines_and_unicode_stays_one_data_line(ls):
 
 
 @pytest.mark.gen_test
-@pytest.mark.app_settings(keepalive_seconds=0.3)
+@pytest.mark.lurestream(keepalive_seconds=0.3)
 async def test_keepalive_when_idle(ls):
     client = await ls.attacker(A)
     loop = asyncio.get_running_loop()
