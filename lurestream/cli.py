@@ -76,8 +76,7 @@ def _init_db(flags: dict[str, str | None]) -> int:
     from lurestream.config import SETTINGS
 
     env = dict(os.environ)
-    env.setdefault("LURESTREAM_DEV_INSECURE", "true")  # init-db needs no JWT secret
-    env.setdefault("LURESTREAM_JWT_SECRET", "unused-by-init-db")
+    env["LURESTREAM_DEV_INSECURE"] = "true"  # init-db needs no JWT secret
     config = load_config(env=env, flags={s.name: flags.get(s.name) for s in SETTINGS})
     from lurestream.store.mongo import MongoStore
 

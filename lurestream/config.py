@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 MIN_SECRET_LENGTH = 32
@@ -149,7 +150,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cors_origins", "", _csv, "origins allowed to open streams, comma-separated (* for any)"),
     Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "log level"),
     Setting("log_format", "text", _choice("text", "json"), "text, or json for one object a line"),
-    Setting("dev_insecure", "false", _bool, "DEV ONLY: accept a missing or short JWT secret"),
+    Setting("dev_insecure", "false", _bool, "DEV ONLY: accept a short JWT secret, or run with a random one"),
 )
 
 
@@ -183,6 +184,7 @@ class Config:
     log_format: str = "text"
     dev_insecure: bool = False
     jwt_public_key: str = field(default="", repr=False)
+    jwt_secret_ephemeral: bool = False
 
     def __repr__(self) -> str:  # never print the secret
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("jwt_secret", "jwt_public_key")}
@@ -213,6 +215,9 @@ def load_config(env: Mapping[str, str] | None = None, flags: Mapping[str, Any] |
     values["jwt_public_key"] = _read_public_key(values["jwt_public_key_file"])
     config = Config(**values)
     _check_keys(config)
+    if config.dev_insecure and not config.jwt_secret and any(a.startswith("HS") for a in config.jwt_algorithms):
+        # Dev mode without a secret: a random one lets the server start; no outside token will verify.
+        config = replace(config, jwt_secret=secrets.token_urlsafe(48), jwt_secret_ephemeral=True)
     return config
 
 
@@ -246,8 +251,6 @@ def _check_keys(config: Config) -> None:
                 "LURESTREAM_JWT_SECRET",
                 f"is too weak: {len(config.jwt_secret)} characters, at least {MIN_SECRET_LENGTH} required",
             )
-    if hmac_algs and not config.jwt_secret:
-        raise ConfigError("LURESTREAM_JWT_SECRET", "is empty; even in dev mode an HS* algorithm needs a secret")
 
 
 def config_from(overrides: Mapping[str, Any] | None = None, base: Sequence[tuple[str, str]] = ()) -> Config:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from lurestream.config import Config, config_from
-from lurestream.localservices import ServiceError, free_port, mongo_wire_server, nats_server
+from lurestream.localservices import ServiceError, mongo_wire_server, nats_server
 from lurestream.logs import setup_logging
 from lurestream.tokens import mint_token
 
@@ -204,9 +204,16 @@ def banner(config: Config, port: int) -> str:
 def run_demo(port: int = 8700, rate: float = 3.0, duration: float = 0) -> int:
     """Run the whole demo in the foreground; returns the exit status."""
     from pymongo import MongoClient
+    from tornado.netutil import bind_sockets
 
     from lurestream.server import serve
 
+    try:  # bind first: a busy port is the commonest failure, so say so before starting anything
+        sockets = bind_sockets(port, "127.0.0.1")
+    except OSError as exc:
+        print(f"lurestream demo: cannot listen on port {port} ({exc.strerror}); try --port 0 for any free port")
+        return 1
+    port = sockets[0].getsockname()[1]
     workdir = tempfile.mkdtemp(prefix="lurestream-demo-")
     nats_svc = nats_server(workdir)
     mongo_svc = mongo_wire_server(workdir)
@@ -216,7 +223,6 @@ def run_demo(port: int = 8700, rate: float = 3.0, duration: float = 0) -> int:
         client: MongoClient[dict[str, Any]]
         with MongoClient(mongo_svc.url, serverSelectionTimeoutMS=5000) as client:
             seed(client, "decnet")
-        port = port or free_port()
         config = config_from(
             {
                 "port": port,
@@ -231,7 +237,7 @@ def run_demo(port: int = 8700, rate: float = 3.0, duration: float = 0) -> int:
 
         async def main() -> None:
             ready = asyncio.Event()
-            server = asyncio.create_task(serve(config, ready=ready))
+            server = asyncio.create_task(serve(config, sockets=sockets, ready=ready))
             await ready.wait()
             publisher = asyncio.create_task(publish_forever(config.nats_url, rate))
             print(banner(config, port), flush=True)

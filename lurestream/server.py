@@ -87,6 +87,13 @@ def raise_fd_limit() -> tuple[int, int]:
 
 async def serve(config: Config, sockets: list[Any] | None = None, ready: asyncio.Event | None = None) -> None:
     """Run one server process until SIGTERM/SIGINT, then shut down cleanly."""
+    if config.jwt_secret_ephemeral:
+        log.warning(
+            "LURESTREAM_DEV_INSECURE: no LURESTREAM_JWT_SECRET set, using a random one; "
+            "no token minted elsewhere will be accepted"
+        )
+    elif config.dev_insecure:
+        log.warning("LURESTREAM_DEV_INSECURE is on: the JWT secret is not checked for strength")
     soft, _hard = raise_fd_limit()
     log.info("open-files limit %d (about %d streams)", soft, max(soft - 64, 0))
     services = Services.build(config)

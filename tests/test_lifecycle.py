@@ -6,9 +6,9 @@ import asyncio
 import socket
 
 import pytest
+from harness import ATTACKER_A, VIEWER, standalone
 from pymongo import MongoClient
 
-from harness import ATTACKER_A, VIEWER, standalone
 from lurestream.localservices import mongo_wire_server
 
 A = ATTACKER_A["_id"]
