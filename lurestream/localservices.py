@@ -19,6 +19,18 @@ import time
 from dataclasses import dataclass, field
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM us when our parent dies (even by SIGKILL),
+    so a crashed demo or test run leaves no server behind."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: best effort only
+        pass
+
+
 class ServiceError(RuntimeError):
     """A local service could not be found or did not start."""
 
@@ -94,6 +106,7 @@ class LocalService:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
             cwd=self.workdir,
         )
         log.close()
