@@ -1,0 +1,93 @@
+"""Hub routing cost, in process: lurestream's keyed routing against the seed's per-connection filter.
+
+The seed (DECNET) gave every connection its own subscriptions and filtered every event in every
+connection; lurestream decodes once, looks the key up once, encodes once and enqueues to the matches.
+Both run here in the same invocation on the same events, and the figure that matters is the ratio.
+
+    python bench/hub_fanout.py [--streams 5000] [--keys 500] [--events 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+from lurestream import sse
+from lurestream.hub import Hub, decode_envelope
+from lurestream.routing import route
+
+
+def make_events(keys: int, count: int) -> list[tuple[str, bytes]]:
+    rng = random.Random(1)
+    return [
+        (
+            "attacker.observation.ja3",
+            json.dumps(
+                {
+                    "v": 1,
+                    "id": str(i),
+                    "type": "observation",
+                    "ts": time.time(),
+                    "payload": {"attacker_uuid": f"attacker-{rng.randrange(keys)}", "value": "x" * 80},
+                }
+            ).encode(),
+        )
+        for i in range(count)
+    ]
+
+
+def bench_lurestream(streams: int, keys: int, events: list[tuple[str, bytes]]) -> tuple[float, int]:
+    hub = Hub("", queue_max=10**9)
+    subs = [hub.subscribe([("attacker", f"attacker-{i % keys}")]) for i in range(streams)]
+    start = time.perf_counter()
+    delivered = sum(hub.dispatch(subject, data) for subject, data in events)
+    elapsed = time.perf_counter() - start
+    for s in subs:
+        s.close()
+    return elapsed, delivered
+
+
+def bench_seed(streams: int, keys: int, events: list[tuple[str, bytes]]) -> tuple[float, int]:
+    """The seed's shape: each connection decodes, filters and encodes every event on its own."""
+    wanted = [f"attacker-{i % keys}" for i in range(streams)]
+    queues: list[list[bytes]] = [[] for _ in range(streams)]
+    start = time.perf_counter()
+    delivered = 0
+    for subject, data in events:
+        for i in range(streams):
+            env = decode_envelope(subject, data)
+            if env.payload.get("attacker_uuid") == wanted[i]:
+                target = route(subject, env.payload)
+                assert target is not None
+                queues[i].append(sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload))
+                delivered += 1
+    return time.perf_counter() - start, delivered
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=5000)
+    parser.add_argument("--keys", type=int, default=500)
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--seed-events", type=int, default=200, help="events for the (slow) seed baseline")
+    args = parser.parse_args()
+    events = make_events(args.keys, args.events)
+    ours, ours_n = bench_lurestream(args.streams, args.keys, events)
+    seed, seed_n = bench_seed(args.streams, args.keys, events[: args.seed_events])
+    ours_per_event = ours / len(events) * 1e6
+    seed_per_event = seed / args.seed_events * 1e6
+    print(f"streams={args.streams} keys={args.keys}")
+    print("| design | events | deliveries | µs per event | µs per delivery |")
+    print("|---|---|---|---|---|")
+    print(f"| lurestream hub | {len(events)} | {ours_n} | {ours_per_event:.1f} | {ours / max(ours_n, 1) * 1e6:.2f} |")
+    print(
+        f"| seed (filter per connection) | {args.seed_events} | {seed_n} | {seed_per_event:.1f} | "
+        f"{seed / max(seed_n, 1) * 1e6:.2f} |"
+    )
+    print(f"\nper event, the seed's design costs {seed_per_event / ours_per_event:.0f}x lurestream's hub")
+
+
+if __name__ == "__main__":
+    main()
