@@ -148,6 +148,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ticket_ttl_seconds", "60", _int(1, 3600), "lifetime of a stream ticket"),
     Setting("allow_query_token", "true", _bool, "accept ?token=<JWT> on stream endpoints"),
     Setting("cors_origins", "", _csv, "origins allowed to open streams, comma-separated (* for any)"),
+    Setting("trust_proxy_headers", "false", _bool, "take the client address from X-Forwarded-For / X-Real-IP"),
     Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "log level"),
     Setting("log_format", "text", _choice("text", "json"), "text, or json for one object a line"),
     Setting("dev_insecure", "false", _bool, "DEV ONLY: accept a short JWT secret, or run with a random one"),
@@ -180,6 +181,7 @@ class Config:
     ticket_ttl_seconds: int = 60
     allow_query_token: bool = True
     cors_origins: tuple[str, ...] = ()
+    trust_proxy_headers: bool = False
     log_level: str = "info"
     log_format: str = "text"
     dev_insecure: bool = False

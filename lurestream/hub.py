@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -104,10 +106,11 @@ class _RateLimitedLog:
 class Hub:
     """Owns the process's NATS connection and the routing table ``key -> {Subscription}``."""
 
-    def __init__(self, nats_url: str, queue_max: int, name: str = "lurestream", reconnect_wait: float = 1.0) -> None:
+    def __init__(self, nats_url: str, queue_max: int, name: str | None = None, reconnect_wait: float = 1.0) -> None:
         self.nats_url = nats_url
         self.queue_max = queue_max
-        self.name = name
+        # the connection name shows in NATS monitoring: which host and process holds it
+        self.name = name or f"lurestream:{socket.gethostname()}:{os.getpid()}"
         self.reconnect_wait = reconnect_wait
         self.stats = HubStats()
         self._routes: dict[Key, set[Subscription]] = {}

@@ -99,7 +99,7 @@ async def serve(config: Config, sockets: list[Any] | None = None, ready: asyncio
     services = Services.build(config)
     await services.hub.start()
     app = make_app(services)
-    server = HTTPServer(app, xheaders=True, idle_connection_timeout=None)
+    server = HTTPServer(app, xheaders=config.trust_proxy_headers)
     if sockets is None:
         sockets = bind_sockets(config.port, config.host, reuse_port=False)
     server.add_sockets(sockets)

@@ -161,7 +161,8 @@ async def test_workers_share_the_port_and_a_killed_worker_is_replaced(server, na
                 return [
                     c
                     for c in json.load(r)["connections"] or []
-                    if c.get("name") == "lurestream" and c.get("subscriptions_list")
+                    if c.get("name", "").endswith(tuple(f":{pid}" for pid in _worker_pids(parent)))
+                    and c.get("subscriptions_list")
                 ]
 
         deadline = time.monotonic() + 20

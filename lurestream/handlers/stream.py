@@ -104,7 +104,10 @@ class StreamHandler(BaseHandler):
                 frames = await sub.get_batch(keepalive)
                 if frames is None:
                     return
-                await self._send(b"".join(frames) if frames else sse.KEEPALIVE)
+                if not frames:
+                    await self._send(sse.KEEPALIVE)
+                else:  # one write per wake-up, however many frames queued meanwhile
+                    await self._send(frames[0] if len(frames) == 1 else b"".join(frames))
         except (StreamClosedError, asyncio.TimeoutError):
             return  # client gone or not reading: nothing more can be written
         except asyncio.CancelledError:
