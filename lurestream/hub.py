@@ -27,6 +27,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from lurestream import sse
+from lurestream.redact import redact
 from lurestream.routing import SUBJECT_FAMILIES, Key, route
 from lurestream.subscription import Subscription
 
@@ -225,17 +226,15 @@ class Hub:
             except Exception as exc:  # nats.py raises a variety (NoServersError, OSError, TimeoutError)
                 attempt += 1
                 if attempt == 1 or attempt % 30 == 0:
-                    log.warning("NATS unreachable at %s (%s); retrying in the background", servers, exc)
+                    log.warning("NATS unreachable at %s (%s); retrying in the background", redact(self.nats_url), exc)
                 await asyncio.sleep(min(self.reconnect_wait * attempt, 5.0))
                 continue
             for subject in SUBJECT_FAMILIES:
                 await nc.subscribe(subject, cb=self._message_cb)
             self._nc = nc
-            log.info(
-                "NATS connected to %s; subscribed to %s",
-                nc.connected_url.netloc if nc.connected_url else servers,
-                ", ".join(SUBJECT_FAMILIES),
-            )
+            url = nc.connected_url
+            where = f"{url.hostname}:{url.port}" if url is not None else redact(self.nats_url)
+            log.info("NATS connected to %s as %r; subscribed to %s", where, self.name, ", ".join(SUBJECT_FAMILIES))
             return
 
     async def _error_cb(self, exc: Exception) -> None:

@@ -26,6 +26,7 @@ from lurestream.handlers.base import NotFoundHandler
 from lurestream.hub import Hub
 from lurestream.limits import ConnectionLimiter
 from lurestream.logs import access_log_function
+from lurestream.redact import redact
 from lurestream.store import Store
 from lurestream.store.mongo import MongoStore
 
@@ -108,8 +109,8 @@ async def serve(config: Config, sockets: list[Any] | None = None, ready: asyncio
         "lurestream listening on http://%s:%s (bus %s, store %s/%s via %s)",
         config.host,
         ",".join(map(str, ports)),
-        config.nats_url or "disabled",
-        _safe_uri(config.mongo_uri),
+        redact(config.nats_url) or "disabled",
+        redact(config.mongo_uri),
         config.mongo_db,
         config.mongo_driver,
     )
@@ -135,13 +136,3 @@ async def serve(config: Config, sockets: list[Any] | None = None, ready: asyncio
         await services.hub.close()
         await services.store.close()
     log.info("lurestream stopped")
-
-
-def _safe_uri(uri: str) -> str:
-    """A MongoDB URI without its password, for the start-up log line."""
-    scheme, sep, rest = uri.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at:
-        return uri
-    user = creds.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"

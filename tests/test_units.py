@@ -124,6 +124,11 @@ def test_redact():
     cleaned = redact(line)
     assert "abc123" not in cleaned and "eyJ" not in cleaned and "abc.def" not in cleaned
     assert "token=***" in cleaned and "ticket=***" in cleaned and "keep=1" in cleaned
+    assert (
+        redact("nats://svc:hunter2@nats:4222,mongodb://u:p%40ss@db/x")
+        == "nats://svc:***@nats:4222,mongodb://u:***@db/x"
+    )
+    assert redact("mongodb://db:27017/x") == "mongodb://db:27017/x"
 
 
 def test_limiter():
