@@ -20,7 +20,7 @@ from pymongo import MongoClient
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from harness import ATTACKER_A, ATTACKER_B, SECRET, TOPOLOGY_1, TOPOLOGY_2, USERS, Harness  # noqa: E402
+from harness import ATTACKER_A, ATTACKER_B, SECRET, TOPOLOGY_1, TOPOLOGY_2, USERS, VIEWER, Harness  # noqa: E402
 
 from lurestream.config import Config, config_from  # noqa: E402
 from lurestream.localservices import LocalService, mongo_wire_server, nats_server  # noqa: E402
@@ -58,6 +58,19 @@ def mongo_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSer
         yield External(os.environ["LURESTREAM_TEST_MONGO_URI"])
         return
     svc = mongo_wire_server(str(tmp_path_factory.mktemp("mongo"))).start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+def private_mongo(tmp_path: Any) -> Iterator[LocalService]:
+    """A MongoDB-wire server of the test's own (database ``d``: the viewer and attacker A), for tests
+    that stop it mid-way."""
+    svc = mongo_wire_server(str(tmp_path)).start()
+    client: MongoClient[dict[str, Any]] = MongoClient(svc.url, serverSelectionTimeoutMS=5000)
+    with client:
+        client.d.users.insert_one(dict(USERS[VIEWER]))
+        client.d.attackers.insert_one(dict(ATTACKER_A))
     yield svc
     svc.stop()
 

@@ -6,47 +6,38 @@ import asyncio
 import socket
 
 import pytest
-from harness import ATTACKER_A, VIEWER, standalone
-from pymongo import MongoClient
-
-from lurestream.localservices import mongo_wire_server
+from harness import ATTACKER_A, standalone
 
 A = ATTACKER_A["_id"]
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_snapshot_failure_sends_error_frame_and_ends(tmp_path, nats_service):
+async def test_snapshot_failure_sends_error_frame_and_ends(private_mongo, nats_service):
     """MongoDB dies between the existence check and the snapshot read: error frame, end, slot back."""
-    svc = mongo_wire_server(str(tmp_path)).start()
-    with MongoClient(svc.url) as c:
-        c.d.users.insert_one({"_id": VIEWER, "role": "viewer"})
-        c.d.attackers.insert_one(dict(ATTACKER_A))
-    try:
-        async with standalone(nats_service.url, svc.url, "d", settings={"mongo_timeout_ms": 300}) as ls:
-            store = ls.services.store
-            original = store.latest_observations
-            entered, gate = asyncio.Event(), asyncio.Event()
+    svc = private_mongo
+    async with standalone(nats_service.url, svc.url, "d", settings={"mongo_timeout_ms": 300}) as ls:
+        store = ls.services.store
+        original = store.latest_observations
+        entered, gate = asyncio.Event(), asyncio.Event()
 
-            async def held(attacker_uuid):
-                entered.set()
-                await gate.wait()
-                return await original(attacker_uuid)
+        async def held(attacker_uuid):
+            entered.set()
+            await gate.wait()
+            return await original(attacker_uuid)
 
-            store.latest_observations = held
-            client = await ls.open(f"/api/v1/attackers/{A}/events", token=ls.token())
-            await asyncio.wait_for(entered.wait(), 5)
-            svc.stop()
-            gate.set()
-            assert client.status == 200
-            assert (await client.next_frame()).is_keepalive
-            frame = await client.next_frame(10)
-            assert frame.event == "error"
-            assert frame.json() == {"message": "Stream interrupted"}
-            with pytest.raises(EOFError):
-                await client.next_frame(5)
-            await ls.wait_for(lambda: ls.services.limiter.held() == 0 and ls.hub.subscription_count == 0)
-    finally:
+        store.latest_observations = held
+        client = await ls.open(f"/api/v1/attackers/{A}/events", token=ls.token())
+        await asyncio.wait_for(entered.wait(), 5)
         svc.stop()
+        gate.set()
+        assert client.status == 200
+        assert (await client.next_frame()).is_keepalive
+        frame = await client.next_frame(10)
+        assert frame.event == "error"
+        assert frame.json() == {"message": "Stream interrupted"}
+        with pytest.raises(EOFError):
+            await client.next_frame(5)
+        await ls.wait_for(lambda: ls.services.limiter.held() == 0 and ls.hub.subscription_count == 0)
 
 
 @pytest.mark.gen_test

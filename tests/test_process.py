@@ -28,20 +28,33 @@ def _token():
 
 
 @pytest.fixture
-def server(tmp_path, nats_service, mongo_service, mongo, db_name, request):
+def start_server(tmp_path, nats_service, mongo_service, mongo, db_name):
+    """Start ``lurestream serve`` on the test's services and database, with extra settings."""
+    started = []
+
+    def start(**settings):
+        proc = ServerProcess(
+            str(tmp_path / f"server{len(started)}.log"),
+            nats_url=nats_service.url,
+            mongo_uri=mongo_service.url,
+            mongo_db=db_name,
+            jwt_secret=SECRET,
+            **settings,
+        )
+        started.append(proc)
+        proc.start()
+        proc.wait_ready()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def server(start_server, request):
     marker = request.node.get_closest_marker("server_settings")
-    extra = marker.kwargs if marker else {}
-    proc = ServerProcess(
-        str(tmp_path / "server.log"),
-        nats_url=nats_service.url,
-        mongo_uri=mongo_service.url,
-        mongo_db=db_name,
-        jwt_secret=SECRET,
-        **extra,
-    ).start()
-    proc.wait_ready()
-    yield proc
-    proc.stop()
+    return start_server(**(marker.kwargs if marker else {}))
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -58,23 +71,17 @@ async def test_sigterm_closes_streams_and_exits_zero(server):
 
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.parametrize("log_format", ["text", "json"])
-async def test_credentials_never_in_logs(tmp_path, nats_service, mongo_service, mongo, db_name, log_format):
-    proc = ServerProcess(
-        str(tmp_path / "server.log"),
-        nats_url=nats_service.url,
-        mongo_uri=mongo_service.url,
-        mongo_db=db_name,
-        jwt_secret=SECRET,
-        log_level="debug",
-        log_format=log_format,
-    ).start()
+async def test_credentials_never_in_logs(start_server, log_format):
+    proc = start_server(log_level="debug", log_format=log_format, sse_max_per_user=1)
     token = _token()
     secrets_seen = [token]
     try:
-        proc.wait_ready()
         # a stream with ?token=, a bad token, a ticket, a reused ticket, a Bearer header, a 404 and a 429
         c = await SSEClient.open(proc.port, f"{STREAM}?token={token}")
         await c.start_stream()
+        over = await SSEClient.open(proc.port, f"{STREAM}?token={token}")
+        assert over.status == 429
+        over.close()
         c.close()
         bad = "eyJhbGciOiJIUzI1NiJ9.eyJmb28iOiJiYXIifQ.c2lnbmF0dXJlLXRoYXQtaXMtd3Jvbmc"
         secrets_seen.append(bad)
@@ -103,6 +110,7 @@ async def test_credentials_never_in_logs(tmp_path, nats_service, mongo_service, 
     log = proc.log()
     assert "/api/v1/attackers" in log, "the access log should show the requests"
     assert "token=***" in log and "ticket=***" in log
+    assert "429" in log and "401" in log and "404" in log
     for secret in secrets_seen:
         assert secret not in log
         assert secret[:40] not in log

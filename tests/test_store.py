@@ -9,9 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from harness import ATTACKER_A, VIEWER, standalone
-from pymongo import MongoClient
 
-from lurestream.localservices import free_port, mongo_wire_server
+from lurestream.localservices import free_port
 from lurestream.store import StoreUnavailable
 from lurestream.store.mongo import MongoStore
 
@@ -151,29 +150,23 @@ async def test_unreachable_store_fails_fast(driver):
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_mongo_down_new_streams_503_open_streams_keep_forwarding(tmp_path, nats_service):
+async def test_mongo_down_new_streams_503_open_streams_keep_forwarding(private_mongo, nats_service):
     """A MongoDB-wire server of the test's own, stopped mid-test: open streams go on, new ones get a quick 503."""
-    svc = mongo_wire_server(str(tmp_path)).start()
-    with MongoClient(svc.url) as c:
-        c.d.users.insert_one({"_id": VIEWER, "role": "viewer"})
-        c.d.attackers.insert_one(dict(ATTACKER_A))
-    try:
-        async with standalone(nats_service.url, svc.url, "d", settings={"mongo_timeout_ms": 400}) as ls:
-            assert await ls.hub.wait_connected(10)
-            client = await ls.attacker(A)
-            svc.stop()
-            start = time.monotonic()
-            refused = await ls.open(f"/api/v1/attackers/{A}/events", token=ls.token())
-            assert refused.status == 503
-            assert time.monotonic() - start < 3
-            assert await refused.json() == {"detail": "Store unavailable"}
-            ticket = await ls.fetch("POST", "/api/v1/auth/sse-ticket", bearer=ls.token())
-            assert ticket.code == 503
-            ready = await ls.fetch("GET", "/readyz")
-            assert ready.code == 503
-            body = json.loads(ready.body)
-            assert body["store"] == "down" and "store" in body["detail"]
-            await ls.publish("attacker.observation.ja3", {"attacker_uuid": A, "while": "mongo down"})
-            assert (await client.next_event()).json()["payload"]["while"] == "mongo down"
-    finally:
+    svc = private_mongo
+    async with standalone(nats_service.url, svc.url, "d", settings={"mongo_timeout_ms": 400}) as ls:
+        assert await ls.hub.wait_connected(10)
+        client = await ls.attacker(A)
         svc.stop()
+        start = time.monotonic()
+        refused = await ls.open(f"/api/v1/attackers/{A}/events", token=ls.token())
+        assert refused.status == 503
+        assert time.monotonic() - start < 3
+        assert await refused.json() == {"detail": "Store unavailable"}
+        ticket = await ls.fetch("POST", "/api/v1/auth/sse-ticket", bearer=ls.token())
+        assert ticket.code == 503
+        ready = await ls.fetch("GET", "/readyz")
+        assert ready.code == 503
+        body = json.loads(ready.body)
+        assert body["store"] == "down" and "store" in body["detail"]
+        await ls.publish("attacker.observation.ja3", {"attacker_uuid": A, "while": "mongo down"})
+        assert (await client.next_event()).json()["payload"]["while"] == "mongo down"
