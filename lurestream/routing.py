@@ -1,6 +1,7 @@
 """Which streams want a bus message, and under which SSE event name (SPEC §3, §4). Pure functions.
 
-A message maps to at most one routing key — ``("attacker", uuid)``, ``("ip", ip)``,
+A key that is present but ``null`` counts as absent (producers that serialise a model often send
+``"attacker_uuid": null`` rather than leaving it out). A message maps to at most one routing key — ``("attacker", uuid)``, ``("ip", ip)``,
 ``("identity", identity_id)`` or ``("topology", id)`` — so the hub finds its subscribers with one dict
 look-up and no stream ever receives a message twice. Keys only ever hold strings: comparison is exact
 string equality, and a payload value of another type matches nothing.
@@ -68,12 +69,12 @@ def _attacker_key(subject: str, payload: dict[str, Any]) -> Key | None:
         return _key(ATTACKER, payload.get("attacker_uuid"))
     if subject == "attacker.scored":
         # fix: DECNET's scorer stamps only the ip; fall back to it when the uuid is absent.
-        if "attacker_uuid" in payload:
+        if payload.get("attacker_uuid") is not None:
             return _key(ATTACKER, payload["attacker_uuid"])
         return _key(IP, payload.get("attacker_ip"))
     if subject in _IDENTITY_ONLY:
         return _key(IDENTITY, payload.get("identity_uuid"))
-    if "attacker_uuid" in payload:
+    if payload.get("attacker_uuid") is not None:
         return _key(ATTACKER, payload["attacker_uuid"])
     return _key(IDENTITY, payload.get("identity_uuid"))
 

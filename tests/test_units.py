@@ -33,7 +33,13 @@ def test_dumps_is_one_ascii_line():
     [
         ("attacker.observation.ja3", {"attacker_uuid": "u"}, Route(("attacker", "u"), "observation")),
         ("attacker.scored", {"attacker_ip": "1.2.3.4"}, Route(("ip", "1.2.3.4"), "attacker.scored")),
-        ("attacker.scored", {"attacker_uuid": None, "attacker_ip": "1.2.3.4"}, None),
+        (
+            "attacker.scored",
+            {"attacker_uuid": None, "attacker_ip": "1.2.3.4"},
+            Route(("ip", "1.2.3.4"), "attacker.scored"),
+        ),
+        ("attacker.scored", {"attacker_uuid": "", "attacker_ip": "1.2.3.4"}, None),
+        ("attacker.custom", {"attacker_uuid": None, "identity_uuid": "i"}, Route(("identity", "i"), "attacker.custom")),
         (
             "attribution.profile.state_changed",
             {"identity_uuid": "i"},
