@@ -1,10 +1,10 @@
 """Which streams want a bus message, and under which SSE event name (SPEC §3, §4). Pure functions.
 
-A key that is present but ``null`` counts as absent (producers that serialise a model often send
-``"attacker_uuid": null`` rather than leaving it out). A message maps to at most one routing key — ``("attacker", uuid)``, ``("ip", ip)``,
+A message maps to at most one routing key — ``("attacker", uuid)``, ``("ip", ip)``,
 ``("identity", identity_id)`` or ``("topology", id)`` — so the hub finds its subscribers with one dict
 look-up and no stream ever receives a message twice. Keys only ever hold strings: comparison is exact
-string equality, and a payload value of another type matches nothing.
+string equality, and a payload value of another type matches nothing. A key that is present but
+``null`` counts as absent (producers that serialise a model often send ``"attacker_uuid": null``).
 """
 
 from __future__ import annotations
