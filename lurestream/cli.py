@@ -73,11 +73,9 @@ def _serve(config: Config) -> int:
 def _init_db(flags: dict[str, str | None]) -> int:
     import os
 
-    from lurestream.config import SETTINGS
-
     env = dict(os.environ)
     env["LURESTREAM_DEV_INSECURE"] = "true"  # init-db needs no JWT secret
-    config = load_config(env=env, flags={s.name: flags.get(s.name) for s in SETTINGS})
+    config = load_config(env=env, flags=flags)
     from lurestream.store.mongo import MongoStore
 
     async def run() -> list[str]:

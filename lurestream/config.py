@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -255,9 +255,9 @@ def _check_keys(config: Config) -> None:
             )
 
 
-def config_from(overrides: Mapping[str, Any] | None = None, base: Sequence[tuple[str, str]] = ()) -> Config:
+def config_from(overrides: Mapping[str, Any] | None = None) -> Config:
     """Config from defaults plus keyword overrides given as env-style strings (used by tests and the demo)."""
-    env = dict(base)
+    env: dict[str, str] = {}
     for key, value in (overrides or {}).items():
         env["LURESTREAM_" + key.upper()] = value if isinstance(value, str) else _render(value)
     return load_config(env=env)

@@ -167,8 +167,7 @@ class Hub:
             self._malformed_log.warning("skipping malformed message on %s: %s", subject, exc)
             return 0
         target = route(subject, env.payload)
-        subs = self._routes.get(target.key) if target is not None else None
-        if not subs or target is None:
+        if target is None or not (subs := self._routes.get(target.key)):
             self.stats.unrouted += 1
             return 0
         frame = sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload)

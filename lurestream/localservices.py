@@ -88,6 +88,7 @@ class LocalService:
     """A child server process with its port and scratch directory."""
 
     name: str
+    scheme: str
     argv: list[str]
     port: int
     workdir: str
@@ -143,8 +144,7 @@ class LocalService:
 
     @property
     def url(self) -> str:
-        scheme = "nats" if self.name == "nats-server" else "mongodb"
-        return f"{scheme}://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
 
 def nats_server(workdir: str | None = None, port: int | None = None) -> LocalService:
@@ -164,7 +164,7 @@ def nats_server(workdir: str | None = None, port: int | None = None) -> LocalSer
         "-sd",
         os.path.join(workdir, "jetstream"),
     ]
-    return LocalService("nats-server", argv, port, workdir, {"monitor": monitor})
+    return LocalService("nats-server", "nats", argv, port, workdir, {"monitor": monitor})
 
 
 def mongo_wire_server(workdir: str | None = None, port: int | None = None) -> LocalService:
@@ -183,4 +183,4 @@ def mongo_wire_server(workdir: str | None = None, port: int | None = None) -> Lo
         "--log-file",
         os.path.join(workdir, "nx-internal.log"),
     ]
-    return LocalService("nx-27017", argv, port, workdir)
+    return LocalService("nx-27017", "mongodb", argv, port, workdir)

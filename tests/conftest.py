@@ -11,8 +11,7 @@ import asyncio
 import os
 import sys
 import uuid
-from collections.abc import Iterator
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -42,24 +41,26 @@ class External:
         self.extra_ports: dict[str, int] = {}
 
 
-@pytest.fixture(scope="session")
-def nats_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService | External]:
-    if os.environ.get("LURESTREAM_TEST_NATS_URL"):
-        yield External(os.environ["LURESTREAM_TEST_NATS_URL"])
+def _session_service(
+    env_var: str, make: Callable[[str], LocalService], workdir: str
+) -> Iterator[LocalService | External]:
+    """The service named by ``env_var`` if set, else one started here for the whole session."""
+    if os.environ.get(env_var):
+        yield External(os.environ[env_var])
         return
-    svc = nats_server(str(tmp_path_factory.mktemp("nats"))).start()
+    svc = make(workdir).start()
     yield svc
     svc.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService | External]:
+    yield from _session_service("LURESTREAM_TEST_NATS_URL", nats_server, str(tmp_path_factory.mktemp("nats")))
 
 
 @pytest.fixture(scope="session")
 def mongo_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService | External]:
-    if os.environ.get("LURESTREAM_TEST_MONGO_URI"):
-        yield External(os.environ["LURESTREAM_TEST_MONGO_URI"])
-        return
-    svc = mongo_wire_server(str(tmp_path_factory.mktemp("mongo"))).start()
-    yield svc
-    svc.stop()
+    yield from _session_service("LURESTREAM_TEST_MONGO_URI", mongo_wire_server, str(tmp_path_factory.mktemp("mongo")))
 
 
 @pytest.fixture
@@ -150,7 +151,3 @@ def ls(
     assert services.hub.subscription_count == 0, "leak: hub registrations remain after the test"
     assert services.hub.routing_keys == 0, "leak: routing keys remain after the test"
     assert services.limiter.held() == 0, "leak: connection slots remain after the test"
-
-
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
