@@ -1,4 +1,4 @@
-"""The ``lurestream`` command: ``serve``, ``init-db`` and ``demo``.
+"""The ``lurestream`` command: ``serve``, ``init-db``, ``init-nats`` and ``demo``.
 
 Configuration errors end the command with exit status 2 and one line naming the setting.
 """
@@ -28,6 +28,21 @@ def _parser() -> argparse.ArgumentParser:
     init_db = sub.add_parser("init-db", help="create the MongoDB indexes (idempotent)")
     for name in ("mongo_uri", "mongo_db", "mongo_driver"):
         init_db.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE")
+    init_nats = sub.add_parser(
+        "init-nats",
+        help="create or update the JetStream stream (LURESTREAM_JETSTREAM) used for event ids and resume",
+        description="Create or update the JetStream stream over attacker.>, attribution.>, topology.> and "
+        "decky.> with the retention set by LURESTREAM_JETSTREAM_MAX_AGE/_MAX_BYTES/_MAX_MSGS. Idempotent.",
+    )
+    for name in (
+        "nats_url",
+        "jetstream",
+        "jetstream_max_age",
+        "jetstream_max_bytes",
+        "jetstream_max_msgs",
+        "jetstream_replicas",
+    ):
+        init_nats.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE")
     demo = sub.add_parser("demo", help="run a self-contained demo: local NATS, MongoDB-wire, data, publisher, server")
     demo.add_argument("--port", type=int, default=8700, help="HTTP port (default 8700; 0 = any free port)")
     demo.add_argument("--rate", type=float, default=3.0, help="simulated events per second (default 3)")
@@ -47,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(load_config(flags=flags))
         if args.command == "init-db":
             return _init_db(flags)
+        if args.command == "init-nats":
+            return _init_nats(flags)
         if args.command == "demo":
             from lurestream.demo import run_demo
 
@@ -70,12 +87,50 @@ def _serve(config: Config) -> int:
     return 0
 
 
-def _init_db(flags: dict[str, str | None]) -> int:
+def _tool_config(flags: dict[str, str | None]) -> Config:
+    """The config of a set-up command, which needs no JWT secret."""
     import os
 
     env = dict(os.environ)
-    env["LURESTREAM_DEV_INSECURE"] = "true"  # init-db needs no JWT secret
-    config = load_config(env=env, flags=flags)
+    env["LURESTREAM_DEV_INSECURE"] = "true"
+    return load_config(env=env, flags=flags)
+
+
+def _init_nats(flags: dict[str, str | None]) -> int:
+    config = _tool_config(flags)
+    if not config.jetstream:
+        raise ConfigError(
+            "LURESTREAM_JETSTREAM", "is not set: name the stream to create (e.g. LURESTREAM_JETSTREAM=decnet)"
+        )
+    if not config.nats_url:
+        raise ConfigError("LURESTREAM_NATS_URL", "is empty: init-nats needs a NATS server")
+    from nats.js import api
+
+    from lurestream.jetstream import connect_once, ensure_stream
+    from lurestream.redact import redact
+
+    async def run() -> tuple[str, api.StreamInfo]:
+        nc = await connect_once(config.nats_url, "lurestream init-nats")
+        try:
+            return await ensure_stream(nc.jetstream(), config)
+        finally:
+            await nc.close()
+
+    try:
+        action, info = asyncio.run(run())
+    except Exception as exc:  # unreachable server, JetStream not enabled, subjects taken by another stream
+        print(f"lurestream init-nats: {type(exc).__name__}: {exc} (NATS at {redact(config.nats_url)})", file=sys.stderr)
+        return 1
+    cfg = info.config
+    print(
+        f"stream {cfg.name} {action}: subjects {', '.join(cfg.subjects or [])}; max age {config.jetstream_max_age}s, "
+        f"max bytes {config.jetstream_max_bytes}, max msgs {cfg.max_msgs}, replicas {cfg.num_replicas}"
+    )
+    return 0
+
+
+def _init_db(flags: dict[str, str | None]) -> int:
+    config = _tool_config(flags)
     from lurestream.store.mongo import MongoStore
 
     async def run() -> list[str]:

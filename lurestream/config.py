@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -40,14 +41,18 @@ def _int(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _float(low: float) -> Callable[[str], float]:
+def _float(low: float, inclusive: bool = False) -> Callable[[str], float]:
     def parse(raw: str) -> float:
         try:
             value = float(raw.strip())
         except ValueError:
             raise ValueError(f"expected a number, got {raw!r}") from None
-        if not value > low:
-            raise ValueError(f"must be greater than {low}, got {value}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"expected a finite number, got {raw!r}")
+        if inclusive and value < low:
+            raise ValueError(f"must be at least {low:g}, got {value:g}")
+        if not inclusive and not value > low:
+            raise ValueError(f"must be greater than {low:g}, got {value:g}")
         return value
 
     return parse
@@ -98,6 +103,30 @@ def _nats_url(raw: str) -> str:
     return value
 
 
+def _stream_name(raw: str) -> str:
+    value = raw.strip()
+    if value and not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", value):
+        raise ValueError(f"a JetStream stream name uses letters, digits, '-' and '_' only, got {raw!r}")
+    return value
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def _scaled(units: dict[str, int], what: str, example: str) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", raw)
+        if not match or match.group(2).lower() not in units:
+            raise ValueError(f"expected {what} such as {example}, got {raw!r}")
+        value = int(match.group(1)) * units[match.group(2).lower()]
+        if value <= 0:
+            raise ValueError(f"must be greater than 0, got {raw!r}")
+        return value
+
+    return parse
+
+
 def _mongo_uri(raw: str) -> str:
     value = raw.strip()
     if not value.startswith(("mongodb://", "mongodb+srv://")):
@@ -145,6 +174,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("keepalive_seconds", "15", _float(0), "idle time before a keepalive comment"),
     Setting("send_timeout_seconds", "10", _float(0), "a write that does not complete within this closes the stream"),
     Setting("queue_max", "256", _int(1), "events buffered per connection"),
+    Setting("jetstream", "", _stream_name, "JetStream stream name: event ids and resume (empty = off)"),
+    Setting(
+        "jetstream_max_age", "24h", _scaled(_DURATION_UNITS, "a duration", "3600, 90m, 24h or 7d"), "stream retention"
+    ),
+    Setting(
+        "jetstream_max_bytes", "1GiB", _scaled(_SIZE_UNITS, "a size", "1GiB or 500MB"), "stream size bound (oldest go)"
+    ),
+    Setting("jetstream_max_msgs", "0", _int(0), "stream message bound, oldest go (0 = unbounded)"),
+    Setting("jetstream_replicas", "1", _int(1, 5), "stream replicas in a NATS cluster"),
+    Setting("replay_max", "10000", _int(0), "most stream messages a resume may scan before it gives a snapshot"),
+    Setting("retry_ms", "3000", _int(0), "reconnect hint sent before the server closes a stream (jittered)"),
+    Setting("drain_seconds", "30", _float(0, inclusive=True), "on SIGTERM, close streams spread over this long"),
     Setting("ticket_ttl_seconds", "60", _int(1, 3600), "lifetime of a stream ticket"),
     Setting("allow_query_token", "true", _bool, "accept ?token=<JWT> on stream endpoints"),
     Setting("cors_origins", "", _csv, "origins allowed to open streams, comma-separated (* for any)"),
@@ -178,6 +219,14 @@ class Config:
     keepalive_seconds: float = 15.0
     send_timeout_seconds: float = 10.0
     queue_max: int = 256
+    jetstream: str = ""
+    jetstream_max_age: int = 86400
+    jetstream_max_bytes: int = 2**30
+    jetstream_max_msgs: int = 0
+    jetstream_replicas: int = 1
+    replay_max: int = 10000
+    retry_ms: int = 3000
+    drain_seconds: float = 30.0
     ticket_ttl_seconds: int = 60
     allow_query_token: bool = True
     cors_origins: tuple[str, ...] = ()

@@ -184,6 +184,7 @@ async def publish_forever(nats_url: str, rate: float) -> None:
 def banner(config: Config, port: int) -> str:
     token = mint_token(config, VIEWER_UUID, ttl=24 * 3600)
     base = f"http://127.0.0.1:{port}/api/v1"
+    attacker = f"{base}/attackers/{ATTACKERS[0]['_id']}/events?token={token}"
     return "\n".join(
         [
             "",
@@ -191,11 +192,13 @@ def banner(config: Config, port: int) -> str:
             f"  NATS {config.nats_url}   MongoDB-wire {config.mongo_uri}   database {config.mongo_db}",
             "",
             "Watch one attacker:",
-            f"  curl -N '{base}/attackers/{ATTACKERS[0]['_id']}/events?token={token}'",
+            f"  curl -N '{attacker}'",
             "Watch the topology:",
             f"  curl -N '{base}/topologies/{TOPOLOGY_ID}/events?token={token}'",
             "Or trade the token for a single-use ticket first:",
             f"  curl -s -X POST -H 'Authorization: Bearer {token}' {base}/auth/sse-ticket",
+            f"Events carry ids (JetStream stream {config.jetstream!r}): stop a curl, then resume where it left off:",
+            f"  curl -N -H 'Last-Event-ID: <the last id: seen>' '{attacker}'",
             "",
         ]
     )
@@ -231,6 +234,8 @@ def run_demo(port: int = 8700, rate: float = 3.0, duration: float = 0) -> int:
                 "mongo_db": "decnet",
                 "jwt_secret": secrets.token_urlsafe(48),
                 "keepalive_seconds": 15,
+                "jetstream": "lurestream",  # event ids and resume; the hub creates the stream
+                "drain_seconds": 1,  # Ctrl-C should not wait the production default of 30 s
             }
         )
         setup_logging(config.log_level, config.log_format)

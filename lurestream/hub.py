@@ -4,8 +4,11 @@ Invariants:
 - One NATS connection and ``len(SUBJECT_FAMILIES)`` subscriptions per process, whatever the number of
   open streams; nats.py restores them itself after a reconnect, so open streams resume on their own.
 - Each message is decoded once, routed with one dict look-up (see ``routing``), encoded once, and the
-  same ``bytes`` is ``put_nowait`` into each matching stream's bounded queue. The hub never waits on a
-  stream: a full queue is counted (``stats.overflows``) and logged once per stream.
+  same ``(sequence, bytes)`` item is ``put_nowait`` into each matching stream's bounded queue. The hub
+  never waits on a stream: a full queue ends that stream as lagging (``stats.lagging``), logged once.
+- With JetStream (``jetstream=<stream>``) the process consumes the stream with one ordered consumer
+  instead of the family subscriptions; frames then carry ``id: <stream sequence>``, ``position`` is
+  the last sequence dispatched, and ``resume`` replays a range for one reconnecting stream.
 - A malformed message is counted, logged (rate-limited) and skipped; it cannot harm a stream.
 - Start-up never waits for NATS: if the first connect fails, a background task keeps trying.
 """
@@ -19,17 +22,19 @@ import os
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
 
-from lurestream import sse
+from lurestream import jetstream, sse
 from lurestream.redact import redact
 from lurestream.routing import SUBJECT_FAMILIES, Key, route
-from lurestream.subscription import Subscription
+from lurestream.subscription import DRAINING, Item, Subscription
 
 log = logging.getLogger("lurestream.hub")
 
@@ -50,8 +55,30 @@ class HubStats:
     malformed: int = 0
     unrouted: int = 0
     deliveries: int = 0
-    overflows: int = 0
+    lagging: int = 0
+    send_timeouts: int = 0
     reconnects: int = 0
+    resumed: int = 0
+    replayed: int = 0
+    resume_failed: dict[str, int] = field(default_factory=dict)
+
+
+# why a resume could not be served (the stream then gets a snapshot with "resumed": false)
+RESUME_DISABLED = "jetstream_off"
+RESUME_INVALID = "invalid_id"
+RESUME_AHEAD = "ahead_of_stream"
+RESUME_EXPIRED = "not_retained"
+RESUME_TOO_FAR = "beyond_replay_max"
+RESUME_UNAVAILABLE = "bus_unavailable"
+
+
+@dataclass
+class Resume:
+    """A resume's outcome: the replayed items (oldest first), or why it could not be served."""
+
+    items: list[Item]
+    scanned: int = 0
+    failed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,9 +134,24 @@ class _RateLimitedLog:
 class Hub:
     """Owns the process's NATS connection and the routing table ``key -> {Subscription}``."""
 
-    def __init__(self, nats_url: str, queue_max: int, name: str | None = None, reconnect_wait: float = 1.0) -> None:
+    def __init__(
+        self,
+        nats_url: str,
+        queue_max: int,
+        name: str | None = None,
+        reconnect_wait: float = 1.0,
+        jetstream: str = "",
+        stream_config: api.StreamConfig | None = None,
+        replay_max: int = 10000,
+    ) -> None:
         self.nats_url = nats_url
         self.queue_max = queue_max
+        self.jetstream = jetstream
+        self.stream_config = stream_config  # creates the stream when it is missing
+        self.replay_max = replay_max
+        self.position: int | None = None  # last stream sequence dispatched (JetStream only)
+        self._js: JetStreamContext | None = None
+        self._consumer: JetStreamContext.PushSubscription | None = None
         # the connection name shows in NATS monitoring: which host and process holds it
         self.name = name or f"lurestream:{socket.gethostname()}:{os.getpid()}"
         self.reconnect_wait = reconnect_wait
@@ -125,6 +167,7 @@ class Hub:
     def subscribe(self, keys: Iterable[Key]) -> Subscription:
         """Register a stream for its keys; ``close()`` on the result unregisters it."""
         sub = Subscription(keys, self.queue_max, on_close=self._unregister, on_overflow=self._overflowed)
+        sub.position = self.position
         for key in sub.keys:
             self._routes.setdefault(key, set()).add(sub)
         self._subscriptions += 1
@@ -140,7 +183,8 @@ class Hub:
         self._subscriptions -= 1
 
     def _overflowed(self, sub: Subscription) -> None:
-        log.warning("stream queue full (%d frames) for %s; dropping events for it", sub.maxsize, sub.keys[0])
+        self.stats.lagging += 1
+        log.warning("stream for %s is lagging (%d frames queued); closing it so it resumes", sub.keys[0], sub.maxsize)
 
     @property
     def subscription_count(self) -> int:
@@ -151,15 +195,26 @@ class Hub:
     def routing_keys(self) -> int:
         return len(self._routes)
 
-    def close_all(self) -> None:
-        """Close every stream's subscription (shutdown): each handler wakes and ends its response."""
-        for sub in {s for subs in self._routes.values() for s in subs}:
-            sub.close()
+    def open_subscriptions(self) -> list[Subscription]:
+        return list({s for subs in self._routes.values() for s in subs})
+
+    def close_all(self, reason: str = DRAINING) -> None:
+        """End every stream's subscription (shutdown): each handler wakes, sends what is queued and a
+        ``retry:`` hint, and ends its response."""
+        for sub in self.open_subscriptions():
+            sub.end(reason)
 
     # -- routing -------------------------------------------------------------------------------
-    def dispatch(self, subject: str, data: bytes) -> int:
-        """Decode, route and enqueue one bus message; returns the number of streams it reached."""
+    def dispatch(self, subject: str, data: bytes, seq: int = 0) -> int:
+        """Decode, route and enqueue one bus message; returns the number of streams it reached.
+
+        ``seq`` is the JetStream stream sequence (0 without JetStream); it becomes the frame's ``id:``.
+        """
         self.stats.received += 1
+        if seq:
+            if self.position is not None and seq <= self.position:
+                return 0  # already dispatched (a consumer reset re-delivered it)
+            self.position = seq
         try:
             env = decode_envelope(subject, data)
         except MalformedMessage as exc:
@@ -170,18 +225,85 @@ class Hub:
         if target is None or not (subs := self._routes.get(target.key)):
             self.stats.unrouted += 1
             return 0
-        frame = sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload)
+        item = (seq, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, seq or None))
         delivered = 0
-        for sub in subs:
-            if sub.put_nowait(frame):
+        for sub in tuple(subs):  # a copy: a lagging stream unregisters itself while we iterate
+            if sub.put_nowait(item):
                 delivered += 1
-            else:
-                self.stats.overflows += 1
         self.stats.deliveries += delivered
         return delivered
 
     async def _message_cb(self, msg: Msg) -> None:
         self.dispatch(msg.subject, msg.data)
+
+    async def _stream_message_cb(self, msg: Msg) -> None:
+        try:
+            seq = int(msg.metadata.sequence.stream)
+        except Exception:  # not a JetStream delivery: nothing to stamp, nothing to resume from
+            seq = 0
+        self.dispatch(msg.subject, msg.data, seq)
+
+    # -- resume --------------------------------------------------------------------------------
+    async def resume(self, sub: Subscription, last_event_id: str) -> Resume:
+        """The retained events after ``last_event_id`` up to ``sub.position`` that ``sub`` wants.
+
+        Events after ``sub.position`` reach ``sub`` live (it registered at that position), so the
+        replayed range and the live range meet without a gap; the caller drops live items whose
+        sequence is at or below the returned floor to avoid any duplicate.
+        """
+        if self._js is None or sub.position is None or not self.jetstream:
+            return self._resume_failed(RESUME_DISABLED)
+        raw = last_event_id.strip()
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+            return self._resume_failed(RESUME_INVALID)
+        after, until = int(raw), sub.position
+        if after > until:  # the client saw more than this process has yet: live covers it (floor = after)
+            try:
+                state = await jetstream.stream_state(self._js, self.jetstream)
+            except Exception as exc:
+                log.warning("resume: cannot read stream %s: %s", self.jetstream, exc)
+                return self._resume_failed(RESUME_UNAVAILABLE)
+            return self._resume_failed(RESUME_AHEAD) if after > state.last_seq else self._resumed(Resume([]))
+        if until - after > self.replay_max:
+            return self._resume_failed(RESUME_TOO_FAR)
+        if after == until:
+            return self._resumed(Resume([]))
+        wanted = set(sub.keys)
+        items: list[Item] = []
+        scanned = 0
+        try:
+            state = await jetstream.stream_state(self._js, self.jetstream)
+            if after + 1 < state.first_seq:
+                return self._resume_failed(RESUME_EXPIRED)
+            async for msg in jetstream.scan(self._js, self.jetstream, after + 1, until):
+                scanned += 1
+                item = self._replay_item(msg, wanted)
+                if item is not None:
+                    items.append(item)
+        except Exception as exc:
+            log.warning("resume: reading stream %s failed: %s", self.jetstream, exc)
+            return self._resume_failed(RESUME_UNAVAILABLE)
+        return self._resumed(Resume(items, scanned))
+
+    def _replay_item(self, msg: Msg, wanted: set[Key]) -> Item | None:
+        try:
+            env = decode_envelope(msg.subject, msg.data)
+        except MalformedMessage:
+            return None
+        target = route(msg.subject, env.payload)
+        if target is None or target.key not in wanted:
+            return None
+        seq = int(msg.metadata.sequence.stream)
+        return seq, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, seq)
+
+    def _resumed(self, outcome: Resume) -> Resume:
+        self.stats.resumed += 1
+        self.stats.replayed += len(outcome.items)
+        return outcome
+
+    def _resume_failed(self, reason: str) -> Resume:
+        self.stats.resume_failed[reason] = self.stats.resume_failed.get(reason, 0) + 1
+        return Resume([], failed=reason)
 
     # -- the bus -------------------------------------------------------------------------------
     @property
@@ -228,13 +350,60 @@ class Hub:
                     log.warning("NATS unreachable at %s (%s); retrying in the background", redact(self.nats_url), exc)
                 await asyncio.sleep(min(self.reconnect_wait * attempt, 5.0))
                 continue
-            for subject in SUBJECT_FAMILIES:
-                await nc.subscribe(subject, cb=self._message_cb)
-            self._nc = nc
             url = nc.connected_url
             where = f"{url.hostname}:{url.port}" if url is not None else redact(self.nats_url)
-            log.info("NATS connected to %s as %r; subscribed to %s", where, self.name, ", ".join(SUBJECT_FAMILIES))
+            if not (self.jetstream and await self._consume_stream(nc)):
+                for subject in SUBJECT_FAMILIES:
+                    await nc.subscribe(subject, cb=self._message_cb)
+                log.info("NATS connected to %s as %r; subscribed to %s", where, self.name, ", ".join(SUBJECT_FAMILIES))
+            else:
+                log.info(
+                    "NATS connected to %s as %r; consuming JetStream stream %s from sequence %d",
+                    where,
+                    self.name,
+                    self.jetstream,
+                    (self.position or 0) + 1,
+                )
+            self._nc = nc
             return
+
+    async def _consume_stream(self, nc: NATS) -> bool:
+        """One ordered consumer over the stream, from just after its last message; False on failure
+        (the hub then falls back to plain subscriptions: live events without ids or resume)."""
+        js = nc.jetstream()
+        try:
+            try:
+                state = await jetstream.stream_state(js, self.jetstream)
+            except NotFoundError:
+                if self.stream_config is None:
+                    raise
+                await js.add_stream(self.stream_config)
+                log.info("created JetStream stream %s over %s", self.jetstream, ", ".join(SUBJECT_FAMILIES))
+                state = await jetstream.stream_state(js, self.jetstream)
+            self.position = state.last_seq
+            self._consumer = await js.subscribe(
+                "",
+                stream=self.jetstream,
+                cb=self._stream_message_cb,
+                ordered_consumer=True,
+                idle_heartbeat=1.0,  # a consumer lost with a NATS restart is re-created within ~2 s
+                config=api.ConsumerConfig(
+                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=state.last_seq + 1,
+                    filter_subjects=list(SUBJECT_FAMILIES),
+                ),
+            )
+        except Exception as exc:
+            self.position = None
+            log.error(
+                "JetStream stream %r unusable (%s): serving live events without ids or resume; "
+                "run `lurestream init-nats` and restart",
+                self.jetstream,
+                exc,
+            )
+            return False
+        self._js = js
+        return True
 
     async def _error_cb(self, exc: Exception) -> None:
         log.warning("NATS error: %s", exc)
@@ -254,6 +423,12 @@ class Hub:
             self._connector.cancel()
             await asyncio.gather(self._connector, return_exceptions=True)
         self.close_all()
+        if self._consumer is not None:
+            try:  # cancels nats.py's heartbeat and flow-control tasks of the ordered consumer
+                await self._consumer.unsubscribe()
+            except Exception as exc:
+                log.debug("error closing the JetStream consumer: %s", exc)
+            self._consumer = None
         if self._nc is not None:
             try:
                 await self._nc.close()

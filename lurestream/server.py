@@ -1,14 +1,17 @@
 """Wiring and process lifetime: ``make_app`` builds the Application, ``serve`` owns start-up and shutdown.
 
 ``serve`` connects MongoDB (lazily: the driver connects on first use), starts the hub (which never
-waits for NATS), listens, waits for SIGTERM/SIGINT, then stops accepting, closes every stream so
-slots and registrations are released, and closes the hub and the store — in reverse order of start.
+waits for NATS), listens, and waits for SIGTERM/SIGINT. Then it drains (SPEC §7): readiness fails at
+once, the listener stops, open streams are closed spread over ``LURESTREAM_DRAIN_SECONDS`` with a
+``retry:`` hint (a second signal closes them at once), and the hub and the store are closed — in
+reverse order of start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import resource
 import signal
 import time
@@ -24,11 +27,13 @@ from lurestream.config import Config
 from lurestream.handlers import all_handlers
 from lurestream.handlers.base import NotFoundHandler
 from lurestream.hub import Hub
+from lurestream.jetstream import stream_config
 from lurestream.limits import ConnectionLimiter
 from lurestream.logs import access_log_function
 from lurestream.redact import redact
 from lurestream.store import Store
 from lurestream.store.mongo import MongoStore
+from lurestream.subscription import DRAINING
 
 log = logging.getLogger("lurestream.server")
 
@@ -48,7 +53,13 @@ class Services:
         the_store: Store = store or MongoStore(
             config.mongo_uri, config.mongo_db, config.mongo_driver, config.mongo_timeout_ms
         )
-        the_hub = hub or Hub(config.nats_url, config.queue_max)
+        the_hub = hub or Hub(
+            config.nats_url,
+            config.queue_max,
+            jetstream=config.jetstream,
+            stream_config=stream_config(config) if config.jetstream else None,
+            replay_max=config.replay_max,
+        )
         return cls(
             config, the_store, the_hub, Authenticator(config, the_store), ConnectionLimiter(config.sse_max_per_user)
         )
@@ -63,6 +74,7 @@ def make_app(services: Services, **settings: Any) -> tornado.web.Application:
     app_settings: dict[str, Any] = dict(
         keepalive_seconds=config.keepalive_seconds,
         send_timeout_seconds=config.send_timeout_seconds,
+        retry_ms=config.retry_ms,
         cors_origins=config.cors_origins,
         log_function=access_log_function,
         default_handler_class=NotFoundHandler,
@@ -114,21 +126,17 @@ async def serve(config: Config, sockets: list[Any] | None = None, ready: asyncio
         config.mongo_db,
         config.mongo_driver,
     )
-    stop = asyncio.Event()
+    signals = Signals()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals.received)
     if ready is not None:
         ready.set()
     try:
-        await stop.wait()
-        log.info("shutting down: closing %d streams", services.hub.subscription_count)
-        app.settings["draining"] = True
+        await signals.first.wait()
+        app.settings["draining"] = True  # /readyz answers 503 from now on
         server.stop()
-        started = time.monotonic()
-        services.hub.close_all()
-        while services.limiter.held() and time.monotonic() - started < 5:
-            await asyncio.sleep(0.01)
+        await drain(services, config.drain_seconds, signals.second)
         await server.close_all_connections()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -136,3 +144,54 @@ async def serve(config: Config, sockets: list[Any] | None = None, ready: asyncio
         await services.hub.close()
         await services.store.close()
     log.info("lurestream stopped")
+
+
+class Signals:
+    """The first stop signal starts a drain; a second one cuts it short.
+
+    A second signal within ``GROUP_WINDOW`` seconds of the first is the same request arriving twice —
+    a terminal's Ctrl-C or systemd's default ``KillMode=control-group`` signal every process of the
+    group, and the supervisor forwards its own copy to each worker — so it does not cut the drain short.
+    """
+
+    GROUP_WINDOW = 0.5
+
+    def __init__(self) -> None:
+        self.first = asyncio.Event()
+        self.second = asyncio.Event()
+        self._first_at = 0.0
+
+    def received(self) -> None:
+        now = time.monotonic()
+        if not self.first.is_set():
+            self._first_at = now
+            self.first.set()
+        elif now - self._first_at >= self.GROUP_WINDOW:
+            self.second.set()
+
+
+async def drain(services: Services, seconds: float, cut_short: asyncio.Event) -> None:
+    """Close open streams spread evenly over ``seconds`` (each gets a jittered ``retry:`` hint), so the
+    reconnects land on the other servers gradually; return once every slot is released."""
+    hub, limiter = services.hub, services.limiter
+    subs = hub.open_subscriptions()
+    random.shuffle(subs)
+    log.info("draining: closing %d streams over %.0fs (a second signal closes them at once)", len(subs), seconds)
+    loop = asyncio.get_running_loop()
+    step = seconds / len(subs) if subs else 0.0
+    timers = [loop.call_later(i * step, sub.end, DRAINING) for i, sub in enumerate(subs)]
+    deadline = loop.time() + seconds + 5.0
+    cut = asyncio.ensure_future(cut_short.wait())
+    try:
+        while limiter.held() and loop.time() < deadline and not cut.done():
+            await asyncio.wait([cut], timeout=0.05)
+        if cut.done():
+            log.info("second signal: closing %d streams now", hub.subscription_count)
+    finally:
+        cut.cancel()
+        for timer in timers:
+            timer.cancel()
+        hub.close_all()
+        end = loop.time() + 1.0
+        while limiter.held() and loop.time() < end:  # let handlers write their retry hint and finish
+            await asyncio.sleep(0.01)

@@ -48,6 +48,20 @@ def encode_frame(event: str, data: str, event_id: str | None = None) -> bytes:
     return "".join(parts).encode("utf-8")
 
 
-def encode_event(event: str, topic: str, type_: str, ts: float, payload: dict[str, Any]) -> bytes:
-    """The frame of a live bus event (SPEC §2.3)."""
-    return encode_frame(event, dumps({"topic": topic, "type": type_, "ts": ts, "payload": payload}))
+def encode_event(
+    event: str, topic: str, type_: str, ts: float, payload: dict[str, Any], seq: int | None = None
+) -> bytes:
+    """The frame of a live bus event (SPEC §2.3); ``seq`` (JetStream) becomes its ``id:``."""
+    data = dumps({"topic": topic, "type": type_, "ts": ts, "payload": payload})
+    return encode_frame(event, data, None if seq is None else str(seq))
+
+
+def retry_frame(milliseconds: int) -> bytes:
+    """A reconnect hint: sets the client's reconnection delay and dispatches nothing."""
+    return f"retry: {int(milliseconds)}\n\n".encode("ascii")
+
+
+def keepalive_frame(position: int | None) -> bytes:
+    """The idle comment; with JetStream it also carries ``id: <position>`` so a quiet stream's
+    EventSource advances its Last-Event-ID (an id-only frame updates it without dispatching)."""
+    return KEEPALIVE if position is None else f": keepalive\nid: {position}\n\n".encode("ascii")

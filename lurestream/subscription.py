@@ -4,6 +4,12 @@ Modelled on nats.py's ``Subscription``: ``put_nowait`` never blocks the producer
 one reader's wait, ``close()`` is idempotent and wakes the reader, and ``pending``/``dropped`` expose
 what is buffered and what overflowed. A plain deque plus one future keeps an idle subscription small:
 no task, no timer and no ``asyncio.Queue`` (with its two waiter deques) per stream.
+
+A stream is never silently thinned (SPEC §7): the first frame that finds the queue full ends the
+subscription as ``lagging`` — it stops receiving, keeps what is queued for the reader to send, and the
+handler then closes the response with a ``retry:`` hint so the client reconnects and resumes.
+Items are ``(sequence, frame)`` pairs built once by the hub and shared by every subscriber; the
+sequence is the JetStream stream sequence, or 0 without JetStream.
 """
 
 from __future__ import annotations
@@ -15,11 +21,29 @@ from typing import Any
 
 from lurestream.routing import Key
 
+Item = tuple[int, bytes]
+
+CLOSED = "closed"  # the client went away, or the server closed the response
+LAGGING = "lagging"  # the queue overflowed
+DRAINING = "draining"  # the server is shutting down
+
 
 class Subscription:
     """Frames queued for one stream; at most ``maxsize`` of them."""
 
-    __slots__ = ("keys", "maxsize", "dropped", "closed", "_frames", "_waiter", "_on_close", "_on_overflow")
+    __slots__ = (
+        "keys",
+        "maxsize",
+        "dropped",
+        "closed",
+        "reason",
+        "position",
+        "unflushed",
+        "_frames",
+        "_waiter",
+        "_on_close",
+        "_on_overflow",
+    )
 
     def __init__(
         self,
@@ -32,7 +56,10 @@ class Subscription:
         self.maxsize = maxsize
         self.dropped = 0
         self.closed = False
-        self._frames: deque[bytes] = deque()
+        self.reason: str | None = None
+        self.position: int | None = None  # the hub's stream sequence when this subscription registered
+        self.unflushed = 0  # bytes its handler has written and the connection has not yet flushed
+        self._frames: deque[Item] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._on_close = on_close
         self._on_overflow = on_overflow
@@ -41,20 +68,21 @@ class Subscription:
     def pending(self) -> int:
         return len(self._frames)
 
-    def put_nowait(self, frame: bytes) -> bool:
-        """Queue a frame; False (and counted in ``dropped``) when closed or full. Never blocks."""
+    def put_nowait(self, item: Item) -> bool:
+        """Queue an item; False when closed, or when full (the subscription then ends as lagging)."""
         if self.closed:
             return False
         if len(self._frames) >= self.maxsize:
             self.dropped += 1
-            if self.dropped == 1 and self._on_overflow is not None:
+            self.end(LAGGING)
+            if self._on_overflow is not None:
                 self._on_overflow(self)
             return False
-        self._frames.append(frame)
+        self._frames.append(item)
         self._wake()
         return True
 
-    async def get_batch(self, timeout: float) -> list[bytes] | None:
+    async def get_batch(self, timeout: float) -> list[Item] | None:
         """Everything queued, waiting up to ``timeout`` for the first frame.
 
         Returns ``[]`` on timeout (nothing is lost: frames stay queued until taken) and ``None`` once
@@ -75,15 +103,20 @@ class Subscription:
             return frames
         return None if self.closed else []
 
-    def close(self) -> None:
-        """Stop receiving, unregister from the hub, and wake the reader. Safe to call many times."""
+    def end(self, reason: str) -> None:
+        """Stop receiving and unregister, keeping what is queued for the reader; the first reason sticks."""
         if self.closed:
             return
         self.closed = True
-        self._frames.clear()
+        self.reason = reason
         if self._on_close is not None:
             self._on_close(self)
         self._wake()
+
+    def close(self) -> None:
+        """End and discard what is queued (nobody will read it). Safe to call many times."""
+        self.end(CLOSED)
+        self._frames.clear()
 
     def _wake(self) -> None:
         if self._waiter is not None:

@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import nats
+import nats.js.errors
 import pytest
 from pymongo import MongoClient
 
@@ -102,7 +104,27 @@ def _marker_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
 
 
 @pytest.fixture
+def js_stream(nats_service: Any, io_loop: Any) -> Iterator[str]:
+    """A JetStream stream name of the test's own; the stream (created by the hub or the test) is
+    deleted afterwards, since two streams may not capture the same subjects."""
+    name = "LS_" + uuid.uuid4().hex[:12]
+    yield name
+
+    async def delete() -> None:
+        nc = await nats.connect(nats_service.url)
+        try:
+            await nc.jetstream().delete_stream(name)
+        except nats.js.errors.NotFoundError:
+            pass
+        finally:
+            await nc.close()
+
+    io_loop.run_sync(delete)
+
+
+@pytest.fixture
 def config(nats_service: Any, mongo_service: Any, db_name: str, request: pytest.FixtureRequest) -> Config:
+    """The app's config; ``@pytest.mark.lurestream(jetstream=True)`` gives it the test's own stream."""
     settings: dict[str, Any] = {
         "nats_url": nats_service.url,
         "mongo_uri": mongo_service.url,
@@ -111,6 +133,8 @@ def config(nats_service: Any, mongo_service: Any, db_name: str, request: pytest.
         "keepalive_seconds": 15,
     }
     settings.update(_marker_kwargs(request, "lurestream"))
+    if settings.get("jetstream") is True:
+        settings["jetstream"] = request.getfixturevalue("js_stream")
     return config_from(settings)
 
 

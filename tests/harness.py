@@ -114,11 +114,22 @@ class Harness:
             await asyncio.sleep(0.01)
 
     # -- the bus -------------------------------------------------------------------------------
-    async def publish(self, subject: str, payload: Any = None, raw: bytes | None = None, **kw: Any) -> None:
+    async def bus(self) -> Any:
+        """The test's own NATS connection (a publisher), opened on first use."""
         if self._nc is None:
             self._nc = await nats.connect(self.nats_url, name="lurestream-test-publisher")
+        return self._nc
+
+    async def publish(self, subject: str, payload: Any = None, raw: bytes | None = None, **kw: Any) -> None:
+        await self.bus()
         await self._nc.publish(subject, raw if raw is not None else envelope(subject, payload, **kw))
         await self._nc.flush()
+
+    async def publish_stored(self, subject: str, payload: Any = None, **kw: Any) -> int:
+        """Publish through JetStream and wait until the hub has dispatched it; returns its stream sequence."""
+        ack = await (await self.bus()).jetstream().publish(subject, envelope(subject, payload, **kw))
+        await self.wait_for(lambda: (self.hub.position or 0) >= ack.seq, what=f"hub to dispatch seq {ack.seq}")
+        return int(ack.seq)
 
     async def aclose(self) -> None:
         if self._nc is not None:

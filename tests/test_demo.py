@@ -54,9 +54,12 @@ def test_demo_serves_live_events_and_ctrl_c_stops_everything():
             try:
                 snapshot = await client.start_stream()
                 assert snapshot.json()
+                assert snapshot.id is not None and snapshot.id.isdigit(), "the demo runs with JetStream: ids"
                 events = []
                 while len(events) < 2:
-                    events.append((await client.next_event(20)).event)
+                    frame = await client.next_event(20)
+                    assert frame.id is not None and int(frame.id) > int(snapshot.id)
+                    events.append(frame.event)
                 return events
             finally:
                 client.close()

@@ -44,11 +44,55 @@ async def test_snapshot_failure_sends_error_frame_and_ends(private_mongo, nats_s
 async def test_shutdown_ends_streams_and_releases_slots(ls):
     clients = [await ls.attacker(A), await ls.topology("topo-1")]
     assert ls.services.limiter.held() == 2
-    ls.hub.close_all()  # what serve() does on SIGTERM
+    ls.hub.close_all()  # what serve()'s drain does, stream by stream
     for client in clients:
+        hint = await client.next_event(5)
+        assert hint.retry is not None and hint.event is None and hint.data is None, hint
+        assert 1500 <= int(hint.retry) <= 4500, "the default 3000 ms hint, jittered by ±50%"
         with pytest.raises(EOFError):
             await client.next_event(5)
     await ls.wait_for(lambda: ls.services.limiter.held() == 0 and ls.hub.subscription_count == 0)
+
+
+@pytest.mark.gen_test(timeout=90)
+@pytest.mark.lurestream(send_timeout_seconds=10, queue_max=16)
+async def test_lagging_reader_gets_its_queue_and_a_retry_hint_then_is_closed(ls):
+    """SPEC §7: a full queue is never thinned silently. The stalled stream stops receiving, gets what
+    was queued plus a ``retry:`` hint, and is closed; memory stays within the queue and one write;
+    a reader of the same attacker gets every event on time meanwhile."""
+    stalled = socket.create_connection(("127.0.0.1", ls.port))  # default buffers: it simply never reads
+    stalled.sendall(f"GET /api/v1/attackers/{A}/events?token={ls.token()} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await ls.wait_for(lambda: ls.hub.subscription_count == 1, what="stalled stream registered")
+    healthy = await ls.attacker(A)
+    blob = "x" * 60_000
+    worst_pending = worst_unflushed = 0
+    slowest = 0.0
+    loop = asyncio.get_running_loop()
+    try:
+        for i in range(300):  # ~18 MB: far more than the stalled socket's kernel buffers hold
+            sent = loop.time()
+            await ls.publish("attacker.observation.ja3", {"attacker_uuid": A, "n": i, "blob": blob})
+            frame = await healthy.next_event(5)
+            slowest = max(slowest, loop.time() - sent)
+            assert frame.json()["payload"]["n"] == i
+            for sub in ls.hub.open_subscriptions():
+                worst_pending = max(worst_pending, sub.pending)
+                worst_unflushed = max(worst_unflushed, sub.unflushed)
+        await ls.wait_for(lambda: ls.hub.stats.lagging == 1, 10, "the stalled stream marked lagging")
+        assert ls.hub.subscription_count == 1, "the lagging stream no longer receives"
+        assert worst_pending <= 16, worst_pending
+        assert worst_unflushed <= 17 * 61_000, f"one write in flight at most: {worst_unflushed}"
+        assert slowest < 2.0, f"the healthy stream was delayed {slowest:.2f}s"
+        stalled.setblocking(False)
+        tail = b""
+        while not tail.endswith(b"\r\n0\r\n\r\n"):  # read on: the queued frames, the hint, the end
+            chunk = await asyncio.wait_for(loop.sock_recv(stalled, 1 << 20), 10)
+            assert chunk, "connection closed before the response ended"
+            tail = (tail + chunk)[-4096:]
+        assert b"retry: " in tail, tail[-300:]
+        await ls.wait_for(lambda: ls.services.limiter.held() == 1, 10, "the lagging stream's slot released")
+    finally:
+        stalled.close()
 
 
 @pytest.mark.gen_test(timeout=60)

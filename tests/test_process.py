@@ -57,16 +57,81 @@ def server(start_server, request):
     return start_server(**(marker.kwargs if marker else {}))
 
 
+async def _http_get(reader, writer, path):
+    """One request on a kept-alive connection: (status, body)."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode("latin-1")
+    length = int(next(line.split(":")[1] for line in head.split("\r\n") if line.lower().startswith("content-length")))
+    return int(head.split()[1]), json.loads(await reader.readexactly(length))
+
+
+async def _end_of(client, timeout):
+    """Read a draining stream to its end: (the retry hint frame, when the response ended)."""
+    hint = None
+    while True:
+        try:
+            frame = await client.next_event(timeout)
+        except EOFError:
+            return hint, time.monotonic()
+        if frame.retry is not None:
+            hint = frame
+
+
 @pytest.mark.gen_test(timeout=60)
-async def test_sigterm_closes_streams_and_exits_zero(server):
-    client = await SSEClient.open(server.port, f"{STREAM}?token={_token()}")
-    await client.start_stream()
+@pytest.mark.server_settings(drain_seconds=2)
+async def test_sigterm_drains_streams_over_the_window_and_exits_zero(server):
+    clients = []
+    for _ in range(4):
+        client = await SSEClient.open(server.port, f"{STREAM}?token={_token()}")
+        await client.start_stream()
+        clients.append(client)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)  # kept alive across the signal
+    assert (await _http_get(reader, writer, "/readyz"))[0] == 200
+    signalled = time.monotonic()
     server.signal(signal.SIGTERM)
-    with pytest.raises(EOFError):
-        await client.next_event(10)  # the response ends cleanly (terminating chunk)
-    client.close()
+    await asyncio.sleep(0.2)
+    status, body = await _http_get(reader, writer, "/readyz")
+    assert status == 503 and "draining" in json.dumps(body), body
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", server.port)  # the listener no longer accepts
+    ends = await asyncio.gather(*(_end_of(c, 10) for c in clients))
+    for hint, _ in ends:
+        assert hint is not None and 1500 <= int(hint.retry) <= 4500, "each stream gets a jittered retry hint"
+    times = sorted(t - signalled for _, t in ends)
+    assert times[-1] < 2 + 3, f"all closed within the drain window (+ slack): {times}"
+    assert times[-1] - times[0] >= 0.7, f"closes are spread over the window, not all at once: {times}"
+    writer.close()
     assert await asyncio.get_running_loop().run_in_executor(None, server.wait, 15) == 0
     assert "lurestream stopped" in server.log()
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.server_settings(drain_seconds=120)
+async def test_second_signal_closes_everything_at_once(server):
+    clients = []
+    for _ in range(3):
+        client = await SSEClient.open(server.port, f"{STREAM}?token={_token()}")
+        await client.start_stream()
+        clients.append(client)
+    server.signal(signal.SIGTERM)
+    await asyncio.sleep(0.1)
+    server.signal(signal.SIGTERM)  # the same request twice (a process group's copy): still draining
+    await asyncio.sleep(0.8)
+    assert server.proc.poll() is None, "a duplicate signal within 0.5 s does not cut the drain short"
+    still_open = 0
+    for client in clients:  # the drain closes one stream at once and the next after 40 s
+        try:
+            await client.expect_silence(0.05)
+            still_open += 1
+        except AssertionError:
+            pass
+    assert still_open == 2, still_open
+    server.signal(signal.SIGINT)
+    cut = time.monotonic()
+    ends = await asyncio.gather(*(_end_of(c, 10) for c in clients))
+    assert max(t for _, t in ends) - cut < 3, "a second signal does not wait for the 120 s window"
+    assert await asyncio.get_running_loop().run_in_executor(None, server.wait, 15) == 0
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -143,6 +208,47 @@ def test_init_db_reports_unreachable_store():
     )
     assert result.returncode == 1
     assert "MongoDB unavailable" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_init_nats_creates_then_updates_the_stream(nats_service, js_stream, io_loop):
+    def run(**settings):
+        env = lurestream_env(nats_url=nats_service.url, jetstream=js_stream, **settings)
+        return subprocess.run(
+            [sys.executable, "-m", "lurestream", "init-nats"], capture_output=True, text=True, env=env, timeout=60
+        )
+
+    first = run(jetstream_max_age="2h", jetstream_max_msgs=1000)
+    assert first.returncode == 0, first.stderr
+    assert f"stream {js_stream} created" in first.stdout
+    second = run(jetstream_max_age="1h", jetstream_max_bytes="10MB")
+    assert second.returncode == 0 and f"stream {js_stream} updated" in second.stdout, second.stderr
+
+    async def info():
+        import nats
+
+        nc = await nats.connect(nats_service.url)
+        try:
+            return await nc.jetstream().stream_info(js_stream)
+        finally:
+            await nc.close()
+
+    cfg = io_loop.run_sync(info).config
+    assert sorted(cfg.subjects) == ["attacker.>", "attribution.>", "decky.>", "topology.>"]
+    assert cfg.max_age == 3600 and cfg.max_bytes == 10**7 and cfg.max_msgs == -1, "updated to the new limits"
+
+
+def test_init_nats_needs_a_stream_name_and_reports_an_unreachable_server():
+    from lurestream.localservices import free_port
+
+    unnamed = subprocess.run(
+        [sys.executable, "-m", "lurestream", "init-nats"], capture_output=True, text=True, env=lurestream_env()
+    )
+    assert unnamed.returncode == 2 and "LURESTREAM_JETSTREAM" in unnamed.stderr
+    env = lurestream_env(nats_url=f"nats://127.0.0.1:{free_port()}", jetstream="S")
+    down = subprocess.run(
+        [sys.executable, "-m", "lurestream", "init-nats"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert down.returncode == 1 and "Traceback" not in down.stderr and "init-nats" in down.stderr
 
 
 def _worker_pids(parent: int) -> set[int]:

@@ -11,7 +11,7 @@ from lurestream.hub import Hub, MalformedMessage, decode_envelope
 from lurestream.limits import ConnectionLimiter
 from lurestream.redact import redact
 from lurestream.routing import Route, attacker_keys, route
-from lurestream.subscription import Subscription
+from lurestream.subscription import DRAINING, LAGGING, Subscription
 
 
 def test_encode_frame_is_safe():
@@ -77,13 +77,30 @@ def test_decode_envelope():
             decode_envelope("s", bad)
 
 
-def test_subscription_bounded_and_counts_overflow():
-    overflowed = []
-    sub = Subscription([("attacker", "u")], 2, on_overflow=overflowed.append)
-    assert sub.put_nowait(b"1") and sub.put_nowait(b"2")
-    assert not sub.put_nowait(b"3") and not sub.put_nowait(b"4")
-    assert sub.pending == 2 and sub.dropped == 2
-    assert overflowed == [sub], "overflow is reported once per subscription"
+def test_subscription_overflow_ends_it_as_lagging_keeping_what_is_queued():
+    async def scenario():
+        overflowed, closed = [], []
+        sub = Subscription([("attacker", "u")], 2, on_overflow=overflowed.append, on_close=closed.append)
+        assert sub.put_nowait((1, b"1")) and sub.put_nowait((2, b"2"))
+        assert not sub.put_nowait((3, b"3")) and not sub.put_nowait((4, b"4"))
+        assert sub.closed and sub.reason == LAGGING
+        assert overflowed == [sub] and closed == [sub], "reported and unregistered once"
+        assert await sub.get_batch(1) == [(1, b"1"), (2, b"2")], "the reader still gets what was queued"
+        assert await sub.get_batch(1) is None
+
+    asyncio.run(scenario())
+
+
+def test_subscription_end_keeps_frames_close_discards_them():
+    async def scenario():
+        sub = Subscription([("a", "b")], 10)
+        sub.put_nowait((0, b"x"))
+        sub.end(DRAINING)
+        sub.close()
+        assert sub.reason == DRAINING, "the first reason sticks"
+        assert await sub.get_batch(1) is None, "close() discarded the queue: nothing is left to read"
+
+    asyncio.run(scenario())
 
 
 def test_subscription_get_batch_timeout_close():
@@ -91,16 +108,16 @@ def test_subscription_get_batch_timeout_close():
         closed = []
         sub = Subscription([("a", "b")], 10, on_close=closed.append)
         assert await sub.get_batch(0.01) == []
-        sub.put_nowait(b"x")
-        sub.put_nowait(b"y")
-        assert await sub.get_batch(1) == [b"x", b"y"]
+        sub.put_nowait((0, b"x"))
+        sub.put_nowait((0, b"y"))
+        assert await sub.get_batch(1) == [(0, b"x"), (0, b"y")]
         waiter = asyncio.ensure_future(sub.get_batch(10))
         await asyncio.sleep(0.01)
         sub.close()
         sub.close()
         assert await asyncio.wait_for(waiter, 1) is None
         assert closed == [sub]
-        assert not sub.put_nowait(b"z")
+        assert not sub.put_nowait((0, b"z"))
 
     asyncio.run(scenario())
 
@@ -119,10 +136,23 @@ def test_hub_routes_in_one_lookup_and_encodes_once():
     assert hub.stats.unrouted == 1
     for _ in range(5):
         hub.dispatch("attacker.observation.x", b'{"payload": {"attacker_uuid": "u2"}}')
-    assert c.pending == 4 and hub.stats.overflows == 1
+    assert c.closed and c.reason == LAGGING and c.pending == 4 and hub.stats.lagging == 1
+    assert hub.dispatch("attacker.observation.x", b'{"payload": {"attacker_uuid": "u2"}}') == 0, "unregistered"
     for s in (a, b, c):
         s.close()
     assert hub.subscription_count == 0 and hub.routing_keys == 0
+
+
+def test_hub_stamps_stream_sequence_and_skips_redeliveries():
+    hub = Hub("", queue_max=8)
+    sub = hub.subscribe([("attacker", "u1")])
+    body = b'{"payload": {"attacker_uuid": "u1"}}'
+    assert hub.dispatch("attacker.scored", body, seq=7) == 1
+    assert hub.position == 7
+    assert hub.dispatch("attacker.scored", body, seq=7) == 0, "a re-delivered sequence is not sent twice"
+    ((seq, frame),) = sub._frames
+    assert seq == 7 and frame.startswith(b"id: 7\nevent: attacker.scored\n")
+    assert hub.subscribe([("attacker", "u2")]).position == 7, "a subscription records where it registered"
 
 
 def test_redact():

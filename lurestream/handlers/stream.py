@@ -2,8 +2,10 @@
 
 Order, all before any byte of the 200: auth (in ``prepare``) → the resource exists (404) → a per-user
 slot (429). Then: register with the hub for the stream's keys, put the headers and a keepalive on the
-wire, read and send the snapshot, and forward queued frames until the client leaves. Registering
-before the snapshot read means no event published after the snapshot can be missed.
+wire, send the replay of a resume (SPEC §7) or else the snapshot, and forward queued frames until the
+client leaves. Registering first means no event published meanwhile can be missed: it waits in the
+queue, and after a resume items the client already has are dropped by sequence.
+A lagging or draining end sends what is queued and a jittered ``retry:`` hint before closing.
 
 One writer: only ``get()`` writes the response. ``on_connection_close`` just closes the subscription,
 which wakes the loop; the slot and the registration are released in ``finally`` because
@@ -14,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any
 
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from lurestream import sse
 from lurestream.handlers.base import STORE_UNAVAILABLE, ApiError, BaseHandler
@@ -24,9 +27,13 @@ from lurestream.hub import Hub
 from lurestream.limits import ConnectionLimiter
 from lurestream.routing import Key
 from lurestream.store import Store, StoreUnavailable
-from lurestream.subscription import Subscription
+from lurestream.subscription import DRAINING, LAGGING, Subscription
 
 log = logging.getLogger("lurestream.stream")
+
+# Tornado's per-connection write buffer bound once live forwarding starts: one batch (at most
+# LURESTREAM_QUEUE_MAX frames) is written and flushed at a time, so this is only ever hit by runaway frames.
+WRITE_BUFFER_MAX = 4 * 1024 * 1024
 
 
 class StreamHandler(BaseHandler):
@@ -92,24 +99,17 @@ class StreamHandler(BaseHandler):
         self.set_header("X-Accel-Buffering", "no")
         try:
             await self._send(sse.KEEPALIVE)
-            try:
-                data = await self.snapshot(resource)
-            except StoreUnavailable as exc:
-                log.warning("snapshot failed: %s", exc)
-                await self._send(sse.ERROR_FRAME)
+            floor = await self._open(resource, sub)
+            if floor is None:
                 return
-            await self._send(sse.encode_frame("snapshot", sse.dumps(data)))
-            keepalive = self.keepalive_seconds
-            while True:
-                frames = await sub.get_batch(keepalive)
-                if frames is None:
-                    return
-                if not frames:
-                    await self._send(sse.KEEPALIVE)
-                else:  # one write per wake-up, however many frames queued meanwhile
-                    await self._send(frames[0] if len(frames) == 1 else b"".join(frames))
+            self._iostream().max_write_buffer_size = WRITE_BUFFER_MAX  # safety net: one batch in flight at a time
+            await self._forward(sub, floor)
         except (StreamClosedError, asyncio.TimeoutError):
             return  # client gone or not reading: nothing more can be written
+        except StreamBufferFullError:
+            self.hub.stats.lagging += 1
+            log.warning("write buffer full; closing %s", self._request_summary())
+            self._iostream().close()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -119,19 +119,95 @@ class StreamHandler(BaseHandler):
             except Exception:  # the error frame is best effort; the response ends either way
                 pass
 
+    def last_event_id(self) -> str | None:
+        """The resume point: the ``Last-Event-ID`` header (what EventSource sends on its own
+        reconnects, so the newest) or else ``?last_event_id=`` (for a rebuilt EventSource)."""
+        header = self.request.headers.get("Last-Event-ID")
+        if header is not None and header.strip():
+            return header
+        query = self.get_query_argument("last_event_id", None)
+        return query if query is not None and query.strip() else None
+
+    async def _open(self, resource: dict[str, Any], sub: Subscription) -> int | None:
+        """Send what comes before live events: the replay of a resume, or the snapshot.
+
+        Returns the sequence at or below which live items are duplicates, or None when the stream
+        cannot go on (the snapshot read failed and an error frame was sent).
+        """
+        requested = self.last_event_id()
+        if requested is not None:
+            outcome = await self.hub.resume(sub, requested)
+            if outcome.failed is None:
+                after = int(requested.strip())
+                head = sse.encode_frame(
+                    "resumed", sse.dumps({"last_event_id": str(after), "replayed": len(outcome.items)})
+                )
+                await self._send(b"".join([head, *(frame for _, frame in outcome.items)]))
+                return max(after, sub.position or 0)
+            log.info("resume from %r not possible (%s); sending a snapshot", requested[:32], outcome.failed)
+        try:
+            data = await self.snapshot(resource)
+        except StoreUnavailable as exc:
+            log.warning("snapshot failed: %s", exc)
+            await self._send(sse.ERROR_FRAME)
+            return None
+        if requested is not None:
+            data["resumed"] = False
+        position = None if sub.position is None else str(sub.position)
+        await self._send(sse.encode_frame("snapshot", sse.dumps(data), position))
+        return 0
+
+    async def _forward(self, sub: Subscription, floor: int) -> None:
+        """Live frames until the subscription ends; a lagging or draining end gets a ``retry:`` hint."""
+        keepalive = self.keepalive_seconds
+        while True:
+            batch = await sub.get_batch(keepalive)
+            if batch is None:
+                if sub.reason in (LAGGING, DRAINING):
+                    await self._send(sse.retry_frame(self._retry_hint()))
+                return
+            if not batch:
+                position = self.hub.position
+                await self._send(sse.keepalive_frame(None if position is None else max(position, floor)))
+                continue
+            if floor and batch[0][0] <= floor:  # only right after a resume: drop what the client has
+                batch = [item for item in batch if item[0] > floor]
+                if not batch:
+                    continue
+            # one write per wake-up, however many frames queued meanwhile
+            await self._send(batch[0][1] if len(batch) == 1 else b"".join([frame for _, frame in batch]))
+
+    def _retry_hint(self) -> int:
+        """Jittered, so a drain or a burst of lagging closes does not bring every client back at once."""
+        base = int(self.settings.get("retry_ms", 3000))
+        return int(base * random.uniform(0.5, 1.5))
+
     async def _send(self, chunk: bytes) -> None:
-        """Write and flush; a flush that outlasts the send timeout closes the connection."""
+        """Write and flush; a flush that outlasts the send timeout closes the connection.
+
+        Only one write is in flight per stream, so its memory is the queue plus ``unflushed`` bytes.
+        """
         self.write(chunk)
         flushed = self.flush()
         if flushed.done():
             flushed.result()
             return
+        sub = self.subscription
+        if sub is not None:
+            sub.unflushed = len(chunk)
         try:
             await asyncio.wait_for(flushed, self.send_timeout_seconds)
+            if sub is not None:
+                sub.unflushed = 0
         except asyncio.TimeoutError:
+            self.hub.stats.send_timeouts += 1
             log.warning("send timeout after %.1fs; closing %s", self.send_timeout_seconds, self._request_summary())
-            self.request.connection.stream.close()  # type: ignore[union-attr]
+            self._iostream().close()
             raise
+
+    def _iostream(self) -> IOStream:
+        """The connection's IOStream (HTTP/1.1 connections expose it as ``.stream``)."""
+        return self.request.connection.stream  # type: ignore[union-attr,no-any-return]
 
     def on_connection_close(self) -> None:
         if self.subscription is not None:

@@ -1,0 +1,127 @@
+"""NATS JetStream: the retained stream that gives every event an id and lets a reconnect resume (SPEC §7).
+
+Three uses, all through nats.py's public JetStream API:
+- ``ensure_stream`` (``lurestream init-nats``, and ``serve`` when the stream is missing) creates or
+  updates the stream over the four subject families with bounded retention;
+- the hub consumes it with one ordered consumer per process, starting just after the stream's last
+  sequence, so its frames carry ``id: <stream sequence>``;
+- ``scan`` reads a bounded range of retained messages for one resume through a short-lived pull
+  consumer (no acks, in memory, removed by the server once idle), in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
+
+from lurestream.config import Config
+from lurestream.routing import SUBJECT_FAMILIES
+
+log = logging.getLogger("lurestream.jetstream")
+
+SCAN_BATCH = 500
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """What a resume needs to know about the retained range."""
+
+    first_seq: int
+    last_seq: int
+
+
+def stream_config(config: Config) -> api.StreamConfig:
+    """The stream ``init-nats`` declares: our four families, file storage, oldest discarded first."""
+    return api.StreamConfig(
+        name=config.jetstream,
+        description="lurestream: DECNET security events, retained for resume",
+        subjects=list(SUBJECT_FAMILIES),
+        retention=api.RetentionPolicy.LIMITS,
+        discard=api.DiscardPolicy.OLD,
+        storage=api.StorageType.FILE,
+        max_age=float(config.jetstream_max_age),
+        max_bytes=config.jetstream_max_bytes,
+        max_msgs=config.jetstream_max_msgs or -1,
+        num_replicas=config.jetstream_replicas,
+        allow_direct=True,
+    )
+
+
+async def connect_once(url: str, name: str, timeout: float = 5.0) -> NATS:
+    """A NATS connection for a one-shot command: fails within ``timeout`` instead of retrying
+    (nats.py keeps retrying an unreachable server on its own, logging each attempt)."""
+
+    async def quiet(exc: Exception) -> None:
+        log.debug("NATS: %s", exc)
+
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    try:
+        return await asyncio.wait_for(
+            nats.connect(servers=servers, name=name, connect_timeout=timeout, error_cb=quiet, max_reconnect_attempts=1),
+            timeout,
+        )
+    except asyncio.TimeoutError:
+        raise ConnectionError(f"no NATS server answered within {timeout:g}s") from None
+
+
+async def ensure_stream(js: JetStreamContext, config: Config) -> tuple[str, api.StreamInfo]:
+    """Create the stream, or update its subjects and limits; returns ("created"|"updated", info)."""
+    wanted = stream_config(config)
+    try:
+        await js.stream_info(config.jetstream)
+    except NotFoundError:
+        return "created", await js.add_stream(wanted)
+    return "updated", await js.update_stream(wanted)
+
+
+async def stream_state(js: JetStreamContext, name: str) -> StreamState:
+    info = await js.stream_info(name)
+    state = info.state
+    return StreamState(first_seq=int(state.first_seq), last_seq=int(state.last_seq))
+
+
+async def scan(js: JetStreamContext, name: str, first: int, last: int, timeout: float = 5.0) -> AsyncIterator[Msg]:
+    """Yield the retained messages with ``first <= sequence <= last``, in order.
+
+    Stops early when the stream holds nothing further (a message may have been removed meanwhile).
+    """
+    if last < first:
+        return
+    consumer = api.ConsumerConfig(
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=first,
+        ack_policy=api.AckPolicy.NONE,
+        filter_subjects=list(SUBJECT_FAMILIES),
+        inactive_threshold=10.0,
+        mem_storage=True,
+        num_replicas=1,
+    )
+    psub = await js.pull_subscribe("", stream=name, config=consumer)
+    try:
+        while True:
+            try:
+                msgs = await psub.fetch(min(SCAN_BATCH, last - first + 1), timeout=timeout)
+            except asyncio.TimeoutError:
+                return
+            for msg in msgs:
+                meta = msg.metadata
+                seq = int(meta.sequence.stream)
+                if seq > last:
+                    return
+                yield msg
+                if seq == last or not meta.num_pending:
+                    return
+                first = seq + 1
+    finally:
+        try:
+            await psub.unsubscribe()
+        except Exception as exc:  # the server drops the idle consumer by itself anyway
+            log.debug("scan consumer unsubscribe failed: %s", exc)

@@ -1,0 +1,246 @@
+"""SPEC §7 resume: event ids from JetStream, replay of exactly the missed events, and the explicit
+``"resumed": false`` snapshot when a resume cannot be served. Real nats-server with JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from harness import ATTACKER_A, ATTACKER_B, SECRET, VIEWER
+from processes import ServerProcess
+from sse_client import SSEClient
+
+A = ATTACKER_A["_id"]
+B = ATTACKER_B["_id"]
+PATH_A = f"/api/v1/attackers/{A}/events"
+SUBJECT = "attacker.scored"
+
+
+def _payload(uuid: str, n: int) -> dict[str, object]:
+    return {"attacker_uuid": uuid, "n": n}
+
+
+async def _events(client: SSEClient, count: int, timeout: float = 10) -> list:
+    return [await client.next_event(timeout) for _ in range(count)]
+
+
+def _ns(frames: list) -> list[int]:
+    return [f.json()["payload"]["n"] for f in frames]
+
+
+async def _resume(ls, last_id: str, how: str) -> SSEClient:
+    if how == "header":
+        client = await ls.open(PATH_A, token=ls.token(), headers={"Last-Event-ID": last_id})
+    else:
+        client = await ls.open(PATH_A, query={"ticket": await ls.ticket(), "last_event_id": last_id})
+    assert client.status == 200
+    assert (await client.next_frame()).is_keepalive
+    return client
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(jetstream=True)
+async def test_snapshot_carries_the_position_and_events_carry_stream_sequences(ls):
+    before = await ls.publish_stored(SUBJECT, _payload(A, 0))
+    client = await ls.attacker(A)
+    assert client.snapshot.id == str(before), "the snapshot's id is the stream position at registration"
+    assert "resumed" not in client.snapshot.json(), "a fresh connect is not a resume"
+    seq = await ls.publish_stored(SUBJECT, _payload(A, 1))
+    event = await client.next_event()
+    assert event.id == str(seq) and event.json()["payload"]["n"] == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(jetstream=True)
+@pytest.mark.parametrize("how", ["header", "query"])
+async def test_resume_replays_exactly_the_missed_events_then_live(ls, how):
+    client = await ls.attacker(A)
+    await ls.publish_stored(SUBJECT, _payload(A, 0))
+    last_id = (await client.next_event()).id
+    client.close()
+    await ls.wait_for(lambda: ls.hub.subscription_count == 0)
+    missed = []
+    for n in range(1, 6):
+        missed.append(await ls.publish_stored(SUBJECT, _payload(A, n)))
+        await ls.publish_stored(SUBJECT, _payload(B, 100 + n))  # another attacker's: not for this stream
+        await ls.publish_stored("attacker.scored", {"attacker_uuid": "someone-else", "n": -1})
+
+    again = await _resume(ls, last_id, how)
+    resumed = await again.next_event()
+    assert resumed.event == "resumed", resumed
+    assert resumed.json() == {"last_event_id": last_id, "replayed": 5}
+    replay = await _events(again, 5)
+    assert _ns(replay) == [1, 2, 3, 4, 5], "exactly the missed events, in order"
+    assert [int(f.id) for f in replay] == missed
+    live = await ls.publish_stored(SUBJECT, _payload(A, 6))
+    (event,) = await _events(again, 1)
+    assert event.json()["payload"]["n"] == 6 and event.id == str(live)
+    await again.expect_silence(0.3)  # no duplicate of anything replayed
+    assert ls.hub.stats.resumed == 1 and ls.hub.stats.replayed == 5
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(jetstream=True)
+async def test_resume_with_nothing_missed_replays_nothing(ls):
+    client = await ls.attacker(A)
+    seq = await ls.publish_stored(SUBJECT, _payload(A, 1))
+    await client.next_event()
+    client.close()
+    again = await _resume(ls, str(seq), "header")
+    resumed = await again.next_event()
+    assert resumed.event == "resumed" and resumed.json()["replayed"] == 0
+    await ls.publish_stored(SUBJECT, _payload(A, 2))
+    assert _ns(await _events(again, 1)) == [2]
+
+
+@pytest.mark.gen_test(timeout=90)
+@pytest.mark.lurestream(jetstream=True)
+async def test_events_published_during_the_replay_are_neither_lost_nor_doubled(ls):
+    client = await ls.attacker(A)
+    await ls.publish_stored(SUBJECT, _payload(A, 0))
+    last_id = (await client.next_event()).id
+    client.close()
+    nc = await ls.bus()
+    js = nc.jetstream()
+    for n in range(1, 301):  # a real gap to replay
+        await nc.publish(SUBJECT, json.dumps({"payload": _payload(A, n)}).encode())
+    await nc.flush()
+
+    total = 600
+    stop = asyncio.Event()
+
+    async def publish_more() -> None:  # keeps publishing while the resume registers, replays, hands over
+        for n in range(301, total + 1):
+            await js.publish(SUBJECT, json.dumps({"payload": _payload(A, n)}).encode())
+            if n % 10 == 0:
+                await asyncio.sleep(0.002)
+        stop.set()
+
+    publisher = asyncio.ensure_future(publish_more())
+    again = await _resume(ls, last_id, "query")
+    resumed = await again.next_event()
+    assert resumed.event == "resumed", resumed
+    assert resumed.json()["replayed"] >= 300, "the gap came from the replay, the rest live"
+    seen = []
+    while len(seen) < total:
+        seen.extend(_ns([await again.next_event(15)]))
+    await publisher
+    assert seen == list(range(1, total + 1)), "every event once, in order, across replay and live"
+    await again.expect_silence(0.3)
+
+
+@pytest.mark.gen_test(timeout=90)
+@pytest.mark.lurestream(jetstream=True)
+async def test_resume_on_another_server_process(ls, tmp_path, mongo_service, db_name):
+    other = ServerProcess(
+        str(tmp_path / "other.log"),
+        nats_url=ls.nats_url,
+        mongo_uri=mongo_service.url,
+        mongo_db=db_name,
+        jwt_secret=SECRET,
+        jetstream=ls.config.jetstream,
+    )
+    other.start()
+    try:
+        other.wait_ready()
+        client = await ls.attacker(A)
+        await ls.publish_stored(SUBJECT, _payload(A, 0))
+        last_id = (await client.next_event()).id
+        client.close()
+        for n in range(1, 4):
+            await ls.publish_stored(SUBJECT, _payload(A, n))
+            await ls.publish_stored(SUBJECT, _payload(B, -n))
+        again = await SSEClient.open(
+            other.port, f"{PATH_A}?token={ls.token(VIEWER)}", headers={"Last-Event-ID": last_id}
+        )
+        ls.clients.append(again)
+        assert (await again.next_frame()).is_keepalive
+        resumed = await again.next_event()
+        assert resumed.event == "resumed" and resumed.json()["replayed"] == 3, (resumed, other.log()[-2000:])
+        assert _ns(await _events(again, 3)) == [1, 2, 3]
+        await ls.publish_stored(SUBJECT, _payload(A, 4))
+        assert _ns(await _events(again, 1)) == [4], "then live, from the other process's own consumer"
+    finally:
+        assert other.stop() == 0
+
+
+async def _expect_rebuild(client: SSEClient) -> dict:
+    snapshot = await client.next_event()
+    assert snapshot.event == "snapshot", snapshot
+    data = snapshot.json()
+    assert data["resumed"] is False, data
+    assert data["attacker_uuid"] == A and isinstance(data["observations"], list)
+    return data
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(jetstream=True)
+@pytest.mark.parametrize("last_id", ["abc", "-1", "12x", "1e3", "99999999999"])
+async def test_unusable_id_gives_a_snapshot_marked_not_resumed(ls, last_id):
+    await ls.publish_stored(SUBJECT, _payload(A, 0))
+    client = await _resume(ls, last_id, "header")
+    await _expect_rebuild(client)
+    seq = await ls.publish_stored(SUBJECT, _payload(A, 1))
+    event = await client.next_event()
+    assert event.id == str(seq), "then live events as usual"
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(jetstream=True, jetstream_max_msgs=5)
+async def test_id_older_than_the_retained_messages_gives_a_snapshot(ls):
+    first = await ls.publish_stored(SUBJECT, _payload(A, 0))
+    for n in range(1, 12):
+        await ls.publish_stored(SUBJECT, _payload(A, n))
+    client = await _resume(ls, str(first), "query")
+    await _expect_rebuild(client)
+    assert ls.hub.stats.resume_failed == {"not_retained": 1}
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(jetstream=True, replay_max=3)
+async def test_gap_beyond_replay_max_gives_a_snapshot(ls):
+    first = await ls.publish_stored(SUBJECT, _payload(A, 0))
+    for n in range(1, 6):
+        await ls.publish_stored(SUBJECT, _payload(B, n))
+    client = await _resume(ls, str(first), "header")
+    await _expect_rebuild(client)
+    assert ls.hub.stats.resume_failed == {"beyond_replay_max": 1}
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_without_jetstream_a_resume_gives_a_snapshot_and_frames_have_no_ids(ls):
+    client = await _resume(ls, "5", "header")
+    data = await _expect_rebuild(client)
+    assert data["resumed"] is False
+    await ls.publish(SUBJECT, _payload(A, 1))
+    event = await client.next_event()
+    assert event.id is None and event.json()["payload"]["n"] == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(jetstream=True, keepalive_seconds=0.3)
+async def test_idle_keepalive_advances_the_last_event_id(ls):
+    client = await ls.attacker(A)
+    seq = await ls.publish_stored(SUBJECT, _payload(B, 1))  # not for this stream, but moves the position
+    frame = await client.next_frame(3)
+    while frame.id != str(seq):  # an earlier keepalive may still carry the previous position
+        frame = await client.next_frame(3)
+    assert frame.is_keepalive and frame.id == str(seq), frame
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(jetstream=True)
+async def test_client_ahead_of_this_process_gets_no_duplicate_when_it_catches_up(ls):
+    """The id came from a process further along the stream than this one: this process resumes
+    with nothing to replay, and drops the live events the client already has when they arrive."""
+    seqs = [await ls.publish_stored(SUBJECT, _payload(A, n)) for n in (1, 2, 3)]
+    ls.hub.position = seqs[0]  # as if this process had only dispatched the first of them so far
+    client = await _resume(ls, str(seqs[2]), "header")
+    resumed = await client.next_event()
+    assert resumed.event == "resumed" and resumed.json() == {"last_event_id": str(seqs[2]), "replayed": 0}
+    for n, seq in ((2, seqs[1]), (3, seqs[2])):  # ...and now they reach it live
+        ls.hub.dispatch(SUBJECT, json.dumps({"payload": _payload(A, n)}).encode(), seq)
+    later = await ls.publish_stored(SUBJECT, _payload(A, 4))
+    event = await client.next_event()
+    assert _ns([event]) == [4] and event.id == str(later), "events the client already had are not sent again"
