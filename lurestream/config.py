@@ -184,6 +184,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jetstream_max_msgs", "0", _int(0), "stream message bound, oldest go (0 = unbounded)"),
     Setting("jetstream_replicas", "1", _int(1, 5), "stream replicas in a NATS cluster"),
     Setting("replay_max", "10000", _int(0), "most stream messages a resume may scan before it gives a snapshot"),
+    Setting("replay_memory", "-1", _int(-1), "recent events kept in memory for resumes (-1 = LURESTREAM_REPLAY_MAX)"),
     Setting("retry_ms", "3000", _int(0), "reconnect hint sent before the server closes a stream (jittered)"),
     Setting("drain_seconds", "30", _float(0, inclusive=True), "on SIGTERM, close streams spread over this long"),
     Setting("ticket_ttl_seconds", "60", _int(1, 3600), "lifetime of a stream ticket"),
@@ -225,6 +226,7 @@ class Config:
     jetstream_max_msgs: int = 0
     jetstream_replicas: int = 1
     replay_max: int = 10000
+    replay_memory: int = -1
     retry_ms: int = 3000
     drain_seconds: float = 30.0
     ticket_ttl_seconds: int = 60

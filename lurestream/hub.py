@@ -9,6 +9,10 @@ Invariants:
 - With JetStream (``jetstream=<stream>``) the process consumes the stream with one ordered consumer
   instead of the family subscriptions; frames then carry ``id: <stream sequence>``, ``position`` is
   the last sequence dispatched, and ``resume`` replays a range for one reconnecting stream.
+- Resumes are served from memory when they can: the hub keeps the last ``replay_max`` routed events
+  (the same shared items) and, at start-up, first reads that many retained messages into this memory
+  only — so a process that has just started (a rolling deploy) resumes the streams drained from the
+  old ones without a JetStream read each. Older ids fall back to a bounded JetStream scan.
 - A malformed message is counted, logged (rate-limited) and skipped; it cannot harm a stream.
 - Start-up never waits for NATS: if the first connect fails, a background task keeps trying.
 """
@@ -21,6 +25,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +64,7 @@ class HubStats:
     send_timeouts: int = 0
     reconnects: int = 0
     resumed: int = 0
+    resumed_from_stream: int = 0  # of those, the ones older than memory, read from JetStream
     replayed: int = 0
     resume_failed: dict[str, int] = field(default_factory=dict)
 
@@ -143,6 +149,7 @@ class Hub:
         jetstream: str = "",
         stream_config: api.StreamConfig | None = None,
         replay_max: int = 10000,
+        replay_memory: int = -1,
     ) -> None:
         self.nats_url = nats_url
         self.queue_max = queue_max
@@ -150,6 +157,13 @@ class Hub:
         self.stream_config = stream_config  # creates the stream when it is missing
         self.replay_max = replay_max
         self.position: int | None = None  # last stream sequence dispatched (JetStream only)
+        # Recent routed events: every one with a sequence in (_recent_floor, position] is here.
+        self._recent: deque[tuple[int, Key, Item]] = deque()
+        self._recent_floor: int | None = None
+        # how many routed events are kept for resumes: replay_max, or fewer if the stream keeps fewer
+        self.recent_max = replay_max if replay_memory < 0 else min(replay_memory, replay_max)
+        self._live_from = 0  # the first sequence streams receive; earlier ones only fill _recent
+        self._caught_up = asyncio.Event()
         self._js: JetStreamContext | None = None
         self._consumer: JetStreamContext.PushSubscription | None = None
         # the connection name shows in NATS monitoring: which host and process holds it
@@ -167,7 +181,7 @@ class Hub:
     def subscribe(self, keys: Iterable[Key]) -> Subscription:
         """Register a stream for its keys; ``close()`` on the result unregisters it."""
         sub = Subscription(keys, self.queue_max, on_close=self._unregister, on_overflow=self._overflowed)
-        sub.position = self.position
+        sub.position = self.live_position
         for key in sub.keys:
             self._routes.setdefault(key, set()).add(sub)
         self._subscriptions += 1
@@ -192,6 +206,13 @@ class Hub:
         return self._subscriptions
 
     @property
+    def live_position(self) -> int | None:
+        """The stream position a stream registering now starts after (None without JetStream)."""
+        if self.position is None:
+            return None
+        return max(self.position, self._live_from - 1)
+
+    @property
     def routing_keys(self) -> int:
         return len(self._routes)
 
@@ -208,13 +229,17 @@ class Hub:
     def dispatch(self, subject: str, data: bytes, seq: int = 0) -> int:
         """Decode, route and enqueue one bus message; returns the number of streams it reached.
 
-        ``seq`` is the JetStream stream sequence (0 without JetStream); it becomes the frame's ``id:``.
+        ``seq`` is the JetStream stream sequence (0 without JetStream); it becomes the frame's ``id:``
+        and the event is remembered for resumes. Sequences before ``_live_from`` (the start-up
+        catch-up) are only remembered.
         """
         self.stats.received += 1
         if seq:
             if self.position is not None and seq <= self.position:
                 return 0  # already dispatched (a consumer reset re-delivered it)
             self.position = seq
+            if seq + 1 >= self._live_from:
+                self._caught_up.set()
         try:
             env = decode_envelope(subject, data)
         except MalformedMessage as exc:
@@ -222,16 +247,35 @@ class Hub:
             self._malformed_log.warning("skipping malformed message on %s: %s", subject, exc)
             return 0
         target = route(subject, env.payload)
-        if target is None or not (subs := self._routes.get(target.key)):
+        if target is None:
             self.stats.unrouted += 1
             return 0
-        item = (seq, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, seq or None))
+        subs = self._routes.get(target.key)
+        if seq:
+            item = (seq, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, seq))
+            self._remember(seq, target.key, item)
+            if seq < self._live_from:
+                return 0
+        if not subs:
+            self.stats.unrouted += 1
+            return 0
+        if not seq:
+            item = (0, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload))
         delivered = 0
         for sub in tuple(subs):  # a copy: a lagging stream unregisters itself while we iterate
             if sub.put_nowait(item):
                 delivered += 1
         self.stats.deliveries += delivered
         return delivered
+
+    def _remember(self, seq: int, key: Key, item: Item) -> None:
+        recent = self._recent
+        if len(recent) >= self.recent_max:
+            if not recent:  # replay_max == 0: nothing is kept
+                self._recent_floor = seq
+                return
+            self._recent_floor = recent.popleft()[0]
+        recent.append((seq, key, item))
 
     async def _message_cb(self, msg: Msg) -> None:
         self.dispatch(msg.subject, msg.data)
@@ -256,6 +300,11 @@ class Hub:
         raw = last_event_id.strip()
         if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
             return self._resume_failed(RESUME_INVALID)
+        if not self._caught_up.is_set():  # just started: the replay memory is still filling
+            try:
+                await asyncio.wait_for(self._caught_up.wait(), 10)
+            except asyncio.TimeoutError:
+                return self._resume_failed(RESUME_UNAVAILABLE)
         after, until = int(raw), sub.position
         if after > until:  # the client saw more than this process has yet: live covers it (floor = after)
             try:
@@ -269,6 +318,8 @@ class Hub:
         if after == until:
             return self._resumed(Resume([]))
         wanted = set(sub.keys)
+        if self._recent_floor is not None and after >= self._recent_floor:
+            return self._resumed(Resume(self._recent_items(after, until, wanted), until - after))
         items: list[Item] = []
         scanned = 0
         try:
@@ -283,7 +334,19 @@ class Hub:
         except Exception as exc:
             log.warning("resume: reading stream %s failed: %s", self.jetstream, exc)
             return self._resume_failed(RESUME_UNAVAILABLE)
+        self.stats.resumed_from_stream += 1
         return self._resumed(Resume(items, scanned))
+
+    def _recent_items(self, after: int, until: int, wanted: set[Key]) -> list[Item]:
+        """From memory: the items with ``after < seq <= until`` for ``wanted`` keys, oldest first."""
+        found = []
+        for seq, key, item in reversed(self._recent):
+            if seq <= after:
+                break
+            if seq <= until and key in wanted:
+                found.append(item)
+        found.reverse()
+        return found
 
     def _replay_item(self, msg: Msg, wanted: set[Key]) -> Item | None:
         try:
@@ -358,11 +421,13 @@ class Hub:
                 log.info("NATS connected to %s as %r; subscribed to %s", where, self.name, ", ".join(SUBJECT_FAMILIES))
             else:
                 log.info(
-                    "NATS connected to %s as %r; consuming JetStream stream %s from sequence %d",
+                    "NATS connected to %s as %r; consuming JetStream stream %s, live from sequence %d "
+                    "(%d earlier messages read for resumes)",
                     where,
                     self.name,
                     self.jetstream,
-                    (self.position or 0) + 1,
+                    self._live_from,
+                    self._live_from - 1 - (self.position or 0),
                 )
             self._nc = nc
             return
@@ -380,7 +445,14 @@ class Hub:
                 await js.add_stream(self.stream_config)
                 log.info("created JetStream stream %s over %s", self.jetstream, ", ".join(SUBJECT_FAMILIES))
                 state = await jetstream.stream_state(js, self.jetstream)
-            self.position = state.last_seq
+            if state.max_msgs > 0:
+                self.recent_max = min(self.recent_max, state.max_msgs)
+            # Start up to that many messages back: those only fill the replay memory (see dispatch).
+            start = max(state.first_seq, state.last_seq - self.recent_max + 1, 1)
+            self.position = self._recent_floor = start - 1
+            self._live_from = state.last_seq + 1
+            if start > state.last_seq:
+                self._caught_up.set()
             self._consumer = await js.subscribe(
                 "",
                 stream=self.jetstream,
@@ -389,12 +461,13 @@ class Hub:
                 idle_heartbeat=1.0,  # a consumer lost with a NATS restart is re-created within ~2 s
                 config=api.ConsumerConfig(
                     deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                    opt_start_seq=state.last_seq + 1,
+                    opt_start_seq=start,
                     filter_subjects=list(SUBJECT_FAMILIES),
                 ),
             )
         except Exception as exc:
-            self.position = None
+            self.position = self._recent_floor = None
+            self._live_from = 0
             log.error(
                 "JetStream stream %r unusable (%s): serving live events without ids or resume; "
                 "run `lurestream init-nats` and restart",

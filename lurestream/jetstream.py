@@ -36,6 +36,7 @@ class StreamState:
 
     first_seq: int
     last_seq: int
+    max_msgs: int = -1  # the stream's count bound (-1: none)
 
 
 def stream_config(config: Config) -> api.StreamConfig:
@@ -85,7 +86,8 @@ async def ensure_stream(js: JetStreamContext, config: Config) -> tuple[str, api.
 async def stream_state(js: JetStreamContext, name: str) -> StreamState:
     info = await js.stream_info(name)
     state = info.state
-    return StreamState(first_seq=int(state.first_seq), last_seq=int(state.last_seq))
+    max_msgs = info.config.max_msgs if info.config.max_msgs is not None else -1
+    return StreamState(first_seq=int(state.first_seq), last_seq=int(state.last_seq), max_msgs=int(max_msgs))
 
 
 async def scan(js: JetStreamContext, name: str, first: int, last: int, timeout: float = 5.0) -> AsyncIterator[Msg]:

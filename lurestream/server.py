@@ -59,6 +59,7 @@ class Services:
             jetstream=config.jetstream,
             stream_config=stream_config(config) if config.jetstream else None,
             replay_max=config.replay_max,
+            replay_memory=config.replay_memory,
         )
         return cls(
             config, the_store, the_hub, Authenticator(config, the_store), ConnectionLimiter(config.sse_max_per_user)

@@ -244,3 +244,50 @@ async def test_client_ahead_of_this_process_gets_no_duplicate_when_it_catches_up
     later = await ls.publish_stored(SUBJECT, _payload(A, 4))
     event = await client.next_event()
     assert _ns([event]) == [4] and event.id == str(later), "events the client already had are not sent again"
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(jetstream=True)
+async def test_ids_older_than_the_hubs_memory_are_replayed_from_jetstream(ls):
+    ls.hub.recent_max = 3  # a short memory: the gap below is read back from the stream
+    client = await ls.attacker(A)
+    await ls.publish_stored(SUBJECT, _payload(A, 0))
+    last_id = (await client.next_event()).id
+    client.close()
+    for n in range(1, 9):
+        await ls.publish_stored(SUBJECT, _payload(A if n % 2 else B, n))
+    again = await _resume(ls, last_id, "header")
+    resumed = await again.next_event()
+    assert resumed.json() == {"last_event_id": last_id, "replayed": 4}
+    assert _ns(await _events(again, 4)) == [1, 3, 5, 7]
+    assert ls.hub.stats.resumed_from_stream == 1
+    await ls.publish_stored(SUBJECT, _payload(A, 9))
+    assert _ns(await _events(again, 1)) == [9]
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(jetstream=True)
+async def test_a_new_process_reads_recent_history_into_memory_without_sending_it_live(ls):
+    """A process that starts after events were published (a rolling deploy) reads them for resumes
+    only: streams opened on it do not receive them, and resumes from before its start need no
+    JetStream read."""
+    from lurestream.hub import Hub
+
+    seqs = [await ls.publish_stored(SUBJECT, _payload(A, n)) for n in range(5)]
+    late = Hub(ls.nats_url, 16, jetstream=ls.config.jetstream, replay_max=100)
+    opened = late.subscribe([("attacker", A)])  # registered before the hub even connects
+    await late.start()
+    try:
+        await ls.wait_for(lambda: late.position == seqs[-1], what="the new hub to read the history")
+        assert opened.pending == 0, "history is not sent live"
+        fresh = late.subscribe([("attacker", A)])
+        assert fresh.position == seqs[-1]
+        outcome = await late.resume(fresh, str(seqs[1]))
+        assert outcome.failed is None and [seq for seq, _ in outcome.items] == seqs[2:]
+        assert late.stats.resumed_from_stream == 0, "served from memory"
+        live = await ls.publish_stored(SUBJECT, _payload(A, 5))
+        await ls.wait_for(lambda: late.position == live)
+        assert [seq for seq, _ in await fresh.get_batch(1)] == [live]
+        assert [seq for seq, _ in await opened.get_batch(1)] == [live]
+    finally:
+        await late.close()

@@ -167,7 +167,7 @@ class StreamHandler(BaseHandler):
                     await self._send(sse.retry_frame(self._retry_hint()))
                 return
             if not batch:
-                position = self.hub.position
+                position = self.hub.live_position
                 await self._send(sse.keepalive_frame(None if position is None else max(position, floor)))
                 continue
             if floor and batch[0][0] <= floor:  # only right after a resume: drop what the client has
