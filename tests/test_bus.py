@@ -21,11 +21,10 @@ def connz(monitor_port: int) -> list[dict]:
         return json.load(r)["connections"] or []
 
 
-@pytest.mark.gen_test
-async def test_one_subscription_set_per_process(ls, nats_service):
+async def _open_twelve_streams(ls, nats_service):
+    """Twelve streams of three users over two attackers and a topology; our hub's subscriptions."""
     if not nats_service.extra_ports.get("monitor"):
         pytest.skip("needs the fixture's own nats-server (monitoring port)")
-    clients = []
     for i in range(12):
         user = [
             "11111111-1111-4111-8111-111111111111",
@@ -33,14 +32,29 @@ async def test_one_subscription_set_per_process(ls, nats_service):
             "55555555-5555-4555-8555-555555555555",
         ][i % 3]
         if i % 4 == 3:
-            clients.append(await ls.topology("topo-1", user=user))
+            await ls.topology("topo-1", user=user)
         else:
-            clients.append(await ls.attacker(A if i % 2 else B, user=user))
+            await ls.attacker(A if i % 2 else B, user=user)
     assert ls.hub.subscription_count == 12
     ours = [c for c in connz(nats_service.extra_ports["monitor"]) if c.get("name") == ls.hub.name]
     # earlier tests in this process closed their hubs; this hub holds the one connection with its name
     assert len(ours) == 1, ours
-    assert sorted(ours[0]["subscriptions_list"]) == sorted(SUBJECT_FAMILIES)
+    return ours[0]["subscriptions_list"]
+
+
+@pytest.mark.gen_test
+async def test_one_subscription_set_per_process(ls, nats_service):
+    assert sorted(await _open_twelve_streams(ls, nats_service)) == sorted(SUBJECT_FAMILIES)
+
+
+@pytest.mark.gen_test
+@pytest.mark.lurestream(jetstream=True)
+async def test_one_ordered_consumer_per_process_with_jetstream(ls, nats_service):
+    subs = await _open_twelve_streams(ls, nats_service)
+    assert not set(subs) & set(SUBJECT_FAMILIES), "no plain family subscriptions beside the consumer"
+    assert 1 <= len(subs) <= 2, subs  # the consumer's deliver inbox (+ nats.py's shared reply inbox)
+    info = await (await ls.bus()).jetstream().stream_info(ls.config.jetstream)
+    assert info.state.consumer_count == 1, "one ordered consumer for the process, not one per stream"
 
 
 @pytest.mark.gen_test
@@ -87,16 +101,20 @@ async def test_bus_down_at_start_then_up_forwards_without_reconnect(tmp_path, io
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_forwarding_resumes_after_nats_restart(tmp_path, io_loop, mongo, mongo_service, db_name):
+@pytest.mark.parametrize("jetstream", ["", "LS_RESTART"], ids=["core", "jetstream"])
+async def test_forwarding_resumes_after_nats_restart(tmp_path, io_loop, mongo, mongo_service, db_name, jetstream):
+    """With JetStream, nats.py re-creates the ordered consumer (lost with the server's memory) from
+    the next sequence, so ids go on where they stopped."""
     svc = nats_server(str(tmp_path)).start()
     try:
-        async with standalone(svc.url, mongo_service.url, db_name, mongo) as harness:
+        async with standalone(svc.url, mongo_service.url, db_name, mongo, {"jetstream": jetstream}) as harness:
             hub = harness.hub
             assert await hub.wait_connected(10)
             client = await harness.open(f"/api/v1/attackers/{A}/events", token=harness.token())
             await client.start_stream()
             await harness.publish("attacker.observation.ja3", {"attacker_uuid": A, "n": "before"})
-            assert (await client.next_event()).json()["payload"]["n"] == "before"
+            before = await client.next_event()
+            assert before.json()["payload"]["n"] == "before"
             await harness.aclose()
             svc.stop()
             await harness.wait_for(lambda: hub.state == "disconnected", 10, "hub to notice NATS went away")
@@ -113,6 +131,8 @@ async def test_forwarding_resumes_after_nats_restart(tmp_path, io_loop, mongo, m
                 except asyncio.TimeoutError:
                     assert asyncio.get_running_loop().time() < deadline, "no event after the restart"
             assert frame.json()["payload"]["n"] == "after"
+            if jetstream:
+                assert int(frame.id) > int(before.id), (before.id, frame.id)
             assert hub.stats.reconnects >= 1
             assert hub.subscription_count == 1, "the open stream kept its registration"
     finally:
