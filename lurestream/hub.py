@@ -37,6 +37,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from lurestream import jetstream, sse
+from lurestream.metrics import Metrics
 from lurestream.redact import redact
 from lurestream.routing import SUBJECT_FAMILIES, Key, route
 from lurestream.subscription import DRAINING, Item, Subscription
@@ -150,6 +151,7 @@ class Hub:
         stream_config: api.StreamConfig | None = None,
         replay_max: int = 10000,
         replay_memory: int = -1,
+        metrics: Metrics | None = None,
     ) -> None:
         self.nats_url = nats_url
         self.queue_max = queue_max
@@ -170,6 +172,7 @@ class Hub:
         self.name = name or f"lurestream:{socket.gethostname()}:{os.getpid()}"
         self.reconnect_wait = reconnect_wait
         self.stats = HubStats()
+        self.metrics = metrics
         self._routes: dict[Key, set[Subscription]] = {}
         self._subscriptions = 0
         self._nc: NATS | None = None
@@ -198,6 +201,8 @@ class Hub:
 
     def _overflowed(self, sub: Subscription) -> None:
         self.stats.lagging += 1
+        if self.metrics is not None:
+            self.metrics.lagging.inc()
         log.warning("stream for %s is lagging (%d frames queued); closing it so it resumes", sub.keys[0], sub.maxsize)
 
     @property
@@ -234,6 +239,9 @@ class Hub:
         catch-up) are only remembered.
         """
         self.stats.received += 1
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.bus_message(subject)
         if seq:
             if self.position is not None and seq <= self.position:
                 return 0  # already dispatched (a consumer reset re-delivered it)
@@ -244,28 +252,31 @@ class Hub:
             env = decode_envelope(subject, data)
         except MalformedMessage as exc:
             self.stats.malformed += 1
+            if metrics is not None:
+                metrics.bus_malformed.inc()
             self._malformed_log.warning("skipping malformed message on %s: %s", subject, exc)
             return 0
         target = route(subject, env.payload)
-        if target is None:
-            self.stats.unrouted += 1
-            return 0
-        subs = self._routes.get(target.key)
-        if seq:
-            item = (seq, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, seq))
+        subs = None if target is None else self._routes.get(target.key)
+        if seq and target is not None:
+            item = (seq, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, seq), env.ts)
             self._remember(seq, target.key, item)
             if seq < self._live_from:
                 return 0
-        if not subs:
+        if not subs or target is None:
             self.stats.unrouted += 1
+            if metrics is not None:
+                metrics.events_unrouted.inc()
             return 0
         if not seq:
-            item = (0, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload))
+            item = (0, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload), env.ts)
         delivered = 0
         for sub in tuple(subs):  # a copy: a lagging stream unregisters itself while we iterate
             if sub.put_nowait(item):
                 delivered += 1
         self.stats.deliveries += delivered
+        if metrics is not None:
+            metrics.events_forwarded.inc(delivered)
         return delivered
 
     def _remember(self, seq: int, key: Key, item: Item) -> None:
@@ -335,7 +346,7 @@ class Hub:
             log.warning("resume: reading stream %s failed: %s", self.jetstream, exc)
             return self._resume_failed(RESUME_UNAVAILABLE)
         self.stats.resumed_from_stream += 1
-        return self._resumed(Resume(items, scanned))
+        return self._resumed(Resume(items, scanned), "jetstream")
 
     def _recent_items(self, after: int, until: int, wanted: set[Key]) -> list[Item]:
         """From memory: the items with ``after < seq <= until`` for ``wanted`` keys, oldest first."""
@@ -357,15 +368,19 @@ class Hub:
         if target is None or target.key not in wanted:
             return None
         seq = int(msg.metadata.sequence.stream)
-        return seq, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, seq)
+        return seq, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, seq), env.ts
 
-    def _resumed(self, outcome: Resume) -> Resume:
+    def _resumed(self, outcome: Resume, source: str = "memory") -> Resume:
         self.stats.resumed += 1
         self.stats.replayed += len(outcome.items)
+        if self.metrics is not None:
+            self.metrics.resumes.labels(source).inc()
         return outcome
 
     def _resume_failed(self, reason: str) -> Resume:
         self.stats.resume_failed[reason] = self.stats.resume_failed.get(reason, 0) + 1
+        if self.metrics is not None:
+            self.metrics.resumes.labels(reason).inc()
         return Resume([], failed=reason)
 
     # -- the bus -------------------------------------------------------------------------------
@@ -430,7 +445,12 @@ class Hub:
                     self._live_from - 1 - (self.position or 0),
                 )
             self._nc = nc
+            self._set_connected(True)
             return
+
+    def _set_connected(self, up: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.bus_connected.set(1 if up else 0)
 
     async def _consume_stream(self, nc: NATS) -> bool:
         """One ordered consumer over the stream, from just after its last message; False on failure
@@ -482,11 +502,13 @@ class Hub:
         log.warning("NATS error: %s", exc)
 
     async def _disconnected_cb(self) -> None:
+        self._set_connected(False)
         if not self._closing:
             log.warning("NATS disconnected; reconnecting in the background")
 
     async def _reconnected_cb(self) -> None:
         self.stats.reconnects += 1
+        self._set_connected(True)
         log.info("NATS reconnected; subscriptions restored")
 
     async def close(self) -> None:

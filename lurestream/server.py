@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import tornado.web
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
@@ -30,6 +32,7 @@ from lurestream.hub import Hub
 from lurestream.jetstream import stream_config
 from lurestream.limits import ConnectionLimiter
 from lurestream.logs import access_log_function
+from lurestream.metrics import Metrics
 from lurestream.redact import redact
 from lurestream.store import Store
 from lurestream.store.mongo import MongoStore
@@ -47,12 +50,18 @@ class Services:
     hub: Hub
     auth: Authenticator
     limiter: ConnectionLimiter
+    metrics: Metrics
+    tracer: Tracer
 
     @classmethod
-    def build(cls, config: Config, store: Store | None = None, hub: Hub | None = None) -> Services:
+    def build(
+        cls, config: Config, store: Store | None = None, hub: Hub | None = None, tracer: Tracer | None = None
+    ) -> Services:
+        """``tracer`` defaults to OpenTelemetry's global one: a no-op until the deployment configures an SDK."""
         the_store: Store = store or MongoStore(
             config.mongo_uri, config.mongo_db, config.mongo_driver, config.mongo_timeout_ms
         )
+        metrics = Metrics()
         the_hub = hub or Hub(
             config.nats_url,
             config.queue_max,
@@ -60,9 +69,16 @@ class Services:
             stream_config=stream_config(config) if config.jetstream else None,
             replay_max=config.replay_max,
             replay_memory=config.replay_memory,
+            metrics=metrics,
         )
         return cls(
-            config, the_store, the_hub, Authenticator(config, the_store), ConnectionLimiter(config.sse_max_per_user)
+            config,
+            the_store,
+            the_hub,
+            Authenticator(config, the_store),
+            ConnectionLimiter(config.sse_max_per_user),
+            metrics,
+            tracer or trace.get_tracer("lurestream"),
         )
 
 
@@ -70,7 +86,13 @@ def make_app(services: Services, **settings: Any) -> tornado.web.Application:
     """The Tornado Application for one process; ``settings`` may override tunables (tests do)."""
     config = services.config
     route_services = dict(
-        config=config, auth=services.auth, store=services.store, hub=services.hub, limiter=services.limiter
+        config=config,
+        auth=services.auth,
+        store=services.store,
+        hub=services.hub,
+        limiter=services.limiter,
+        metrics=services.metrics,
+        tracer=services.tracer,
     )
     app_settings: dict[str, Any] = dict(
         keepalive_seconds=config.keepalive_seconds,

@@ -8,8 +8,8 @@ no task, no timer and no ``asyncio.Queue`` (with its two waiter deques) per stre
 A stream is never silently thinned (SPEC §7): the first frame that finds the queue full ends the
 subscription as ``lagging`` — it stops receiving, keeps what is queued for the reader to send, and the
 handler then closes the response with a ``retry:`` hint so the client reconnects and resumes.
-Items are ``(sequence, frame)`` pairs built once by the hub and shared by every subscriber; the
-sequence is the JetStream stream sequence, or 0 without JetStream.
+Items are ``(sequence, frame, ts)`` built once by the hub and shared by every subscriber: the
+JetStream stream sequence (0 without JetStream), the encoded frame, and the envelope's ``ts``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 from lurestream.routing import Key
 
-Item = tuple[int, bytes]
+Item = tuple[int, bytes, float]
 
 CLOSED = "closed"  # the client went away, or the server closed the response
 LAGGING = "lagging"  # the queue overflowed

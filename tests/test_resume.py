@@ -283,11 +283,11 @@ async def test_a_new_process_reads_recent_history_into_memory_without_sending_it
         fresh = late.subscribe([("attacker", A)])
         assert fresh.position == seqs[-1]
         outcome = await late.resume(fresh, str(seqs[1]))
-        assert outcome.failed is None and [seq for seq, _ in outcome.items] == seqs[2:]
+        assert outcome.failed is None and [seq for seq, _, _ in outcome.items] == seqs[2:]
         assert late.stats.resumed_from_stream == 0, "served from memory"
         live = await ls.publish_stored(SUBJECT, _payload(A, 5))
         await ls.wait_for(lambda: late.position == live)
-        assert [seq for seq, _ in await fresh.get_batch(1)] == [live]
-        assert [seq for seq, _ in await opened.get_batch(1)] == [live]
+        assert [seq for seq, _, _ in await fresh.get_batch(1)] == [live]
+        assert [seq for seq, _, _ in await opened.get_batch(1)] == [live]
     finally:
         await late.close()

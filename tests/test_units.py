@@ -150,7 +150,7 @@ def test_hub_stamps_stream_sequence_and_skips_redeliveries():
     assert hub.dispatch("attacker.scored", body, seq=7) == 1
     assert hub.position == 7
     assert hub.dispatch("attacker.scored", body, seq=7) == 0, "a re-delivered sequence is not sent twice"
-    ((seq, frame),) = sub._frames
+    ((seq, frame, _ts),) = sub._frames
     assert seq == 7 and frame.startswith(b"id: 7\nevent: attacker.scored\n")
     assert hub.subscribe([("attacker", "u2")]).position == 7, "a subscription records where it registered"
 

@@ -9,6 +9,7 @@ from lurestream.routing import Key, attacker_keys
 
 
 class AttackerEventsHandler(StreamHandler):
+    kind = "attacker"
     not_found = "Attacker not found"
 
     async def load(self, resource_id: str) -> dict[str, Any] | None:

@@ -67,6 +67,9 @@ class BaseHandler(tornado.web.RequestHandler):
         try:
             self.identity = await self._authenticate()
         except AuthError as exc:
+            metrics = getattr(self, "metrics", None)
+            if metrics is not None:
+                metrics.auth_failure(exc.status, exc.reason)
             raise ApiError(exc.status, exc.detail, f"auth refused: {exc.reason}") from None
         except StoreUnavailable as exc:
             raise ApiError(503, STORE_UNAVAILABLE, str(exc)) from None

@@ -1,12 +1,16 @@
-"""/healthz (the process serves) and /readyz (MongoDB answers and the bus is up or disabled)."""
+"""/healthz (the process serves), /readyz (MongoDB answers and the bus is up or disabled) and
+/metrics (Prometheus text; unauthenticated like the probes — expose it to your scraper only)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
+
 from lurestream.handlers.base import BaseHandler
 from lurestream.hub import BUS_DISCONNECTED, Hub
+from lurestream.metrics import Metrics
 from lurestream.store import Store, StoreUnavailable
 
 READY_PING_SECONDS = 2.0
@@ -40,8 +44,17 @@ class ReadyHandler(BaseHandler):
             self.write_json(body)
 
 
+class MetricsHandler(BaseHandler):
+    metrics: Metrics
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(self.metrics.exposition())
+
+
 def handlers(services: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
     return [
         (r"/healthz", HealthHandler, services),
         (r"/readyz", ReadyHandler, services),
+        (r"/metrics", MetricsHandler, services),
     ]

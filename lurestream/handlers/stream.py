@@ -17,14 +17,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Tracer
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from lurestream import sse
 from lurestream.handlers.base import STORE_UNAVAILABLE, ApiError, BaseHandler
 from lurestream.hub import Hub
 from lurestream.limits import ConnectionLimiter
+from lurestream.metrics import Metrics
 from lurestream.routing import Key
 from lurestream.store import Store, StoreUnavailable
 from lurestream.subscription import DRAINING, LAGGING, Subscription
@@ -43,11 +47,16 @@ class StreamHandler(BaseHandler):
     accept_ticket = True
     accept_query_token = True
     not_found = "Not found"
+    kind = "stream"  # the metrics and tracing label: attacker or topology
 
     hub: Hub
     store: Store
     limiter: ConnectionLimiter
+    metrics: Metrics
+    tracer: Tracer
     subscription: Subscription | None = None
+    end_reason = "client_closed"
+    _span: Span | None = None
 
     # -- what a concrete stream provides ---------------------------------------------------------
     async def load(self, resource_id: str) -> dict[str, Any] | None:
@@ -71,18 +80,58 @@ class StreamHandler(BaseHandler):
     def send_timeout_seconds(self) -> float:
         return float(self.settings.get("send_timeout_seconds", 10.0))
 
+    # -- tracing: one span per stream request, children for auth, existence and snapshot --------
+    async def prepare(self) -> None:
+        if self.request.method == "OPTIONS":
+            return
+        self._span = self.tracer.start_span(
+            "lurestream.stream",
+            kind=SpanKind.SERVER,
+            attributes={"lurestream.stream.kind": self.kind, "url.path": self.request.path},
+        )
+        with self._child("lurestream.auth") as span:
+            try:
+                await super().prepare()
+            except ApiError as exc:
+                span.set_attribute("lurestream.outcome", f"refused_{exc.status_code}")
+                raise
+            span.set_attribute("lurestream.outcome", "ok")
+
+    def _child(self, name: str) -> Any:
+        context = trace.set_span_in_context(self._span) if self._span is not None else None
+        return self.tracer.start_as_current_span(name, context=context)
+
+    def on_finish(self) -> None:
+        span = self._span
+        if span is not None:
+            span.set_attribute("http.response.status_code", self.get_status())
+            if self.subscription is not None:
+                span.add_event("stream.end", {"reason": self.end_reason})
+            span.end()
+            self._span = None
+
     # -- the lifecycle ---------------------------------------------------------------------------
     async def get(self, resource_id: str) -> None:
         assert self.identity is not None
-        try:
-            resource = await self.load(resource_id)
-        except StoreUnavailable as exc:
-            raise ApiError(503, STORE_UNAVAILABLE, str(exc)) from None
+        with self._child("lurestream.load") as span:
+            span.set_attribute("lurestream.stream.kind", self.kind)
+            span.set_attribute("lurestream.stream.key", resource_id)
+            try:
+                resource = await self.load(resource_id)
+            except StoreUnavailable as exc:
+                span.set_attribute("lurestream.outcome", "store_unavailable")
+                raise ApiError(503, STORE_UNAVAILABLE, str(exc)) from None
+            span.set_attribute("lurestream.outcome", "found" if resource is not None else "not_found")
         if resource is None:
             raise ApiError(404, self.not_found)
         user = self.identity.uuid
         if not self.limiter.try_acquire(user):
             raise ApiError(429, f"SSE connection limit ({self.limiter.max_per_user}) reached")
+        if self._span is not None:
+            self._span.set_attribute("lurestream.stream.key", resource_id)
+        open_streams = self.metrics.streams_open.labels(self.kind)
+        open_streams.inc()
+        self.metrics.connects.labels(self.kind).inc()
         try:
             self.subscription = self.hub.subscribe(self.keys(resource))
             await self._stream(resource)
@@ -90,6 +139,8 @@ class StreamHandler(BaseHandler):
             if self.subscription is not None:
                 self.subscription.close()
             self.limiter.release(user)
+            open_streams.dec()
+            self.metrics.disconnects.labels(self.kind, self.end_reason).inc()
 
     async def _stream(self, resource: dict[str, Any]) -> None:
         sub = self.subscription
@@ -107,12 +158,15 @@ class StreamHandler(BaseHandler):
         except (StreamClosedError, asyncio.TimeoutError):
             return  # client gone or not reading: nothing more can be written
         except StreamBufferFullError:
+            self.end_reason = "lagging"
             self.hub.stats.lagging += 1
+            self.metrics.lagging.inc()
             log.warning("write buffer full; closing %s", self._request_summary())
             self._iostream().close()
         except asyncio.CancelledError:
             raise
         except Exception:
+            self.end_reason = "error"
             log.exception("stream failed")
             try:
                 await self._send(sse.ERROR_FRAME)
@@ -142,15 +196,26 @@ class StreamHandler(BaseHandler):
                 head = sse.encode_frame(
                     "resumed", sse.dumps({"last_event_id": str(after), "replayed": len(outcome.items)})
                 )
-                await self._send(b"".join([head, *(frame for _, frame in outcome.items)]))
+                if self._span is not None:
+                    self._span.set_attribute("lurestream.resume", "resumed")
+                await self._send(b"".join([head, *(frame for _, frame, _ in outcome.items)]))
                 return max(after, sub.position or 0)
             log.info("resume from %r not possible (%s); sending a snapshot", requested[:32], outcome.failed)
-        try:
-            data = await self.snapshot(resource)
-        except StoreUnavailable as exc:
-            log.warning("snapshot failed: %s", exc)
-            await self._send(sse.ERROR_FRAME)
-            return None
+        with self._child("lurestream.snapshot") as span:
+            span.set_attribute("lurestream.stream.kind", self.kind)
+            started = time.perf_counter()
+            try:
+                data = await self.snapshot(resource)
+            except StoreUnavailable as exc:
+                span.set_attribute("lurestream.outcome", "store_unavailable")
+                log.warning("snapshot failed: %s", exc)
+                self.end_reason = "snapshot_failed"
+                await self._send(sse.ERROR_FRAME)
+                return None
+            self.metrics.snapshot_seconds.labels(self.kind).observe(time.perf_counter() - started)
+            span.set_attribute("lurestream.outcome", "ok")
+        if requested is not None and self._span is not None:
+            self._span.set_attribute("lurestream.resume", "snapshot")
         if requested is not None:
             data["resumed"] = False
         position = None if sub.position is None else str(sub.position)
@@ -164,6 +229,7 @@ class StreamHandler(BaseHandler):
             batch = await sub.get_batch(keepalive)
             if batch is None:
                 if sub.reason in (LAGGING, DRAINING):
+                    self.end_reason = sub.reason
                     await self._send(sse.retry_frame(self._retry_hint()))
                 return
             if not batch:
@@ -175,7 +241,8 @@ class StreamHandler(BaseHandler):
                 if not batch:
                     continue
             # one write per wake-up, however many frames queued meanwhile
-            await self._send(batch[0][1] if len(batch) == 1 else b"".join([frame for _, frame in batch]))
+            await self._send(batch[0][1] if len(batch) == 1 else b"".join([frame for _, frame, _ in batch]))
+            self.metrics.delivery_seconds.observe(max(time.time() - batch[0][2], 0.0))
 
     def _retry_hint(self) -> int:
         """Jittered, so a drain or a burst of lagging closes does not bring every client back at once."""
@@ -200,7 +267,9 @@ class StreamHandler(BaseHandler):
             if sub is not None:
                 sub.unflushed = 0
         except asyncio.TimeoutError:
+            self.end_reason = "send_timeout"
             self.hub.stats.send_timeouts += 1
+            self.metrics.send_timeouts.inc()
             log.warning("send timeout after %.1fs; closing %s", self.send_timeout_seconds, self._request_summary())
             self._iostream().close()
             raise

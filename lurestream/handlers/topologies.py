@@ -9,6 +9,7 @@ from lurestream.routing import Key, topology_keys
 
 
 class TopologyEventsHandler(StreamHandler):
+    kind = "topology"
     not_found = "Topology not found"
 
     async def load(self, resource_id: str) -> dict[str, Any] | None:

@@ -1,0 +1,119 @@
+"""Prometheus metrics, one ``Metrics`` object per process (owned by ``Services``, never global).
+
+One process: the metrics live in the object's own ``CollectorRegistry``. Several processes
+(``LURESTREAM_PROCESSES > 1``): the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker
+imports prometheus-client, every worker writes its values there, and any worker's ``/metrics``
+aggregates all of them (prometheus-client's multiprocess mode), so one scrape sees the whole server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from lurestream.routing import SUBJECT_FAMILIES
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+FAMILIES = tuple(f.split(".", 1)[0] for f in SUBJECT_FAMILIES)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class Metrics:
+    """Every metric lurestream exports; hot paths hold pre-bound children, not label look-ups."""
+
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_enabled()
+        registry = None if self.multiprocess else CollectorRegistry()  # None: values go to the shared dir
+        self.registry = registry
+        self.streams_open = Gauge(
+            "lurestream_streams_open", "Open SSE streams", ["kind"], multiprocess_mode="livesum", registry=registry
+        )
+        self.connects = Counter(
+            "lurestream_stream_connects_total", "Streams opened (after auth, 404, 429)", ["kind"], registry=registry
+        )
+        self.disconnects = Counter(
+            "lurestream_stream_disconnects_total", "Streams ended, by reason", ["kind", "reason"], registry=registry
+        )
+        self.auth_failures = Counter(
+            "lurestream_auth_failures_total", "Refused credentials, by reason", ["reason"], registry=registry
+        )
+        self.bus_messages = Counter(
+            "lurestream_bus_messages_total",
+            "Messages received from NATS, by subject family",
+            ["family"],
+            registry=registry,
+        )
+        self.bus_malformed = Counter(
+            "lurestream_bus_malformed_total", "Malformed bus messages skipped", registry=registry
+        )
+        self.events_forwarded = Counter(
+            "lurestream_events_forwarded_total",
+            "Event deliveries queued to streams (one per stream)",
+            registry=registry,
+        )
+        self.events_unrouted = Counter(
+            "lurestream_events_unrouted_total", "Bus messages no open stream wanted (not forwarded)", registry=registry
+        )
+        self.lagging = Counter(
+            "lurestream_lagging_closes_total", "Streams closed because their queue overflowed", registry=registry
+        )
+        self.send_timeouts = Counter(
+            "lurestream_send_timeouts_total",
+            "Streams closed because a write did not complete in time",
+            registry=registry,
+        )
+        self.resumes = Counter(
+            "lurestream_resumes_total",
+            "Reconnects with a last event id, by outcome (memory, jetstream, or why a snapshot was sent)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.snapshot_seconds = Histogram(
+            "lurestream_snapshot_seconds", "Snapshot read time", ["kind"], buckets=LATENCY_BUCKETS, registry=registry
+        )
+        self.delivery_seconds = Histogram(
+            "lurestream_delivery_latency_seconds",
+            "Envelope ts to the write of the frame, for live events (oldest frame of each write)",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.bus_connected = Gauge(
+            "lurestream_bus_connected",
+            "1 while the NATS connection is up",
+            multiprocess_mode="livemin",
+            registry=registry,
+        )
+        self._family = {f: self.bus_messages.labels(f) for f in FAMILIES}
+        self._other_family = self.bus_messages.labels("other")
+
+    def auth_failure(self, status: int, reason: str) -> None:
+        self.auth_failures.labels(auth_reason_label(status, reason)).inc()
+
+    def bus_message(self, subject: str) -> None:
+        self._family.get(subject.split(".", 1)[0], self._other_family).inc()
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets: this process's registry, or every worker's values aggregated."""
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        assert self.registry is not None
+        return generate_latest(self.registry)
+
+
+def auth_reason_label(status: int, reason: str) -> str:
+    """A bounded label for an auth refusal (reasons can carry claim or role names)."""
+    if status == 403:
+        return "role_not_allowed" if reason.startswith("role ") else "password_change_required"
+    for prefix, label in (("invalid token", "invalid_token"), ("claim ", "bad_claim")):
+        if reason.startswith(prefix):
+            return label
+    return re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_")[:40] or "unknown"
