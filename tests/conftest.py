@@ -139,8 +139,24 @@ def config(nats_service: Any, mongo_service: Any, db_name: str, request: pytest.
 
 
 @pytest.fixture
+def span_exporter() -> Any:
+    """Spans the app under test records (OpenTelemetry SDK, in memory); requesting it turns tracing on."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
 def services(config: Config, io_loop: Any, mongo: Any, request: pytest.FixtureRequest) -> Iterator[Services]:
-    svc = Services.build(config)
+    tracer = None
+    if "span_exporter" in request.fixturenames:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(request.getfixturevalue("span_exporter")))
+        tracer = provider.get_tracer("lurestream-test")
+    svc = Services.build(config, tracer=tracer)
     io_loop.run_sync(svc.hub.start)
     if config.nats_url and request.node.get_closest_marker("no_bus_wait") is None:
         assert io_loop.run_sync(lambda: svc.hub.wait_connected(10)), "hub did not connect to NATS"
