@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["lurestream", "lurestream.*"]),
+    package_data={"lurestream": ["static/*"]},
     install_requires=[
         "tornado>=6.4",
         "nats-py>=2.9",

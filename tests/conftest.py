@@ -191,3 +191,11 @@ def ls(
     assert services.hub.subscription_count == 0, "leak: hub registrations remain after the test"
     assert services.hub.routing_keys == 0, "leak: routing keys remain after the test"
     assert services.limiter.held() == 0, "leak: connection slots remain after the test"
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test item (the browser fixture screenshots a failed test)."""
+    report = yield
+    setattr(item, "rep_" + report.when, report)
+    return report

@@ -52,7 +52,9 @@ async def test_refused_and_missing_streams_are_traced_without_credentials(ls, sp
     ticket = await ls.ticket()
     missing = await ls.open("/api/v1/attackers/no-such-attacker/events", query={"ticket": ticket})
     assert missing.status == 404
-    await ls.wait_for(lambda: len([s for s in span_exporter.get_finished_spans() if s.name == "lurestream.stream"]) == 2)
+    await ls.wait_for(
+        lambda: len([s for s in span_exporter.get_finished_spans() if s.name == "lurestream.stream"]) == 2
+    )
     outcomes = sorted(
         str(s.attributes["lurestream.outcome"])
         for s in span_exporter.get_finished_spans()

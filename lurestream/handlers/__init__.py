@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lurestream.handlers import attackers, ops, tickets, topologies
+from lurestream.handlers import attackers, dashboard, directory, ops, tickets, topologies
 
-MODULES = (attackers, topologies, tickets, ops)
+MODULES = (attackers, topologies, directory, tickets, ops, dashboard)
 
 
 def all_handlers(services: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:

@@ -31,6 +31,14 @@ class Store(Protocol):
 
     async def get_topology(self, topology_id: str) -> dict[str, Any] | None: ...
 
+    async def list_attackers(self, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` attackers (``_id``, ``ip``, ``identity_id``), for pickers; by id."""
+        ...
+
+    async def list_topologies(self, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` topologies (``_id``, ``status``), for pickers; by id."""
+        ...
+
     async def latest_observations(self, attacker_uuid: str) -> list[dict[str, Any]]:
         """Per primitive, the observation with the greatest ``ts``; sorted by primitive (SPEC §3)."""
         ...

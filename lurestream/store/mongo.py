@@ -115,6 +115,16 @@ class MongoStore:
         return doc
 
     @_unavailable
+    async def list_attackers(self, limit: int) -> list[dict[str, Any]]:
+        cursor = self.db.attackers.find({}, {"ip": 1, "identity_id": 1}).sort("_id", 1).limit(limit)
+        return await self._to_list(cursor)
+
+    @_unavailable
+    async def list_topologies(self, limit: int) -> list[dict[str, Any]]:
+        cursor = self.db.topologies.find({}, {"status": 1}).sort("_id", 1).limit(limit)
+        return await self._to_list(cursor)
+
+    @_unavailable
     async def latest_observations(self, attacker_uuid: str) -> list[dict[str, Any]]:
         # $sort on the (attacker_uuid, primitive, ts desc) index then $group/$first: MongoDB answers
         # it from the index; the final $sort fixes the order (a $group's output order is undefined).
