@@ -1,4 +1,5 @@
-"""The ``lurestream`` command: ``serve``, ``init-db``, ``init-nats`` and ``demo``.
+"""The ``lurestream`` command: ``serve``, ``init-db``, ``init-nats``, ``demo``, and the operator tools
+``tail``, ``publish`` and ``mint-token``.
 
 Configuration errors end the command with exit status 2 and one line naming the setting.
 """
@@ -43,6 +44,34 @@ def _parser() -> argparse.ArgumentParser:
         "jetstream_replicas",
     ):
         init_nats.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE")
+    tail = sub.add_parser(
+        "tail",
+        help="print a stream in the terminal, reconnecting (and resuming) until Ctrl-C",
+        description="Follow an attacker or topology stream. The token comes from --token or LURESTREAM_TOKEN.",
+    )
+    tail.add_argument("kind", choices=("attacker", "topology"))
+    tail.add_argument("id", help="attacker uuid or topology id")
+    tail.add_argument("--url", default=None, help="server base URL (default http://LURESTREAM_HOST:LURESTREAM_PORT)")
+    tail.add_argument("--token", default=None, help="access token (default: $LURESTREAM_TOKEN)")
+    tail.add_argument("--max-events", type=int, default=0, help="exit after this many live events (default: never)")
+    publish = sub.add_parser(
+        "publish",
+        help="publish one well-formed event envelope on NATS (LURESTREAM_NATS_URL)",
+        description="Wrap a JSON object payload in a SPEC envelope {v, id, topic, type, ts, payload} and publish it.",
+    )
+    publish.add_argument("subject", help="NATS subject, e.g. attacker.observation.ja3")
+    publish.add_argument("payload", help='the payload as a JSON object, e.g. \'{"attacker_uuid": "..."}\'')
+    publish.add_argument("--type", dest="type_", default="", help="the envelope's type field")
+    publish.add_argument("--nats-url", dest="nats_url", default=None, metavar="VALUE")
+    mint = sub.add_parser(
+        "mint-token",
+        help="DEVELOPMENT ONLY: mint an access token with LURESTREAM_JWT_SECRET",
+        description="DEVELOPMENT ONLY. Mints an HS* access token for an existing user with the server's secret "
+        "(LURESTREAM_JWT_SECRET, issuer, audience and type settings). Refuses without a real secret. "
+        "Production tokens come from your identity service (DECNET's API).",
+    )
+    mint.add_argument("--user", required=True, help="the user's uuid (must exist in the users collection)")
+    mint.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     demo = sub.add_parser("demo", help="run a self-contained demo: local NATS, MongoDB-wire, data, publisher, server")
     demo.add_argument("--port", type=int, default=8700, help="HTTP port (default 8700; 0 = any free port)")
     demo.add_argument("--rate", type=float, default=3.0, help="simulated events per second (default 3)")
@@ -64,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _init_db(flags)
         if args.command == "init-nats":
             return _init_nats(flags)
+        if args.command == "tail":
+            return _tail(args)
+        if args.command == "publish":
+            return _publish(args)
+        if args.command == "mint-token":
+            return _mint_token(args)
         if args.command == "demo":
             from lurestream.demo import run_demo
 
@@ -126,6 +161,56 @@ def _init_nats(flags: dict[str, str | None]) -> int:
         f"stream {cfg.name} {action}: subjects {', '.join(cfg.subjects or [])}; max age {config.jetstream_max_age}s, "
         f"max bytes {config.jetstream_max_bytes}, max msgs {cfg.max_msgs}, replicas {cfg.num_replicas}"
     )
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    import os
+
+    from lurestream.commands import tail
+
+    token = args.token or os.environ.get("LURESTREAM_TOKEN", "")
+    if not token:
+        print("lurestream tail: no token: pass --token or set LURESTREAM_TOKEN", file=sys.stderr)
+        return 2
+    config = _tool_config({})
+    url = args.url or f"http://{config.host}:{config.port}"
+    try:
+        return asyncio.run(tail(url, args.kind, args.id, token, max_events=args.max_events))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from lurestream.commands import parse_payload, publish
+    from lurestream.redact import redact
+
+    config = _tool_config({"nats_url": args.nats_url})
+    if not config.nats_url:
+        raise ConfigError("LURESTREAM_NATS_URL", "is empty: publish needs a NATS server")
+    try:
+        payload = parse_payload(args.payload)
+    except ValueError as exc:
+        print(f"lurestream publish: {exc}", file=sys.stderr)
+        return 2
+    try:
+        print(asyncio.run(publish(config, args.subject, payload, args.type_)))
+    except Exception as exc:
+        print(f"lurestream publish: {type(exc).__name__}: {exc} (NATS at {redact(config.nats_url)})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _mint_token(args: argparse.Namespace) -> int:
+    from lurestream.tokens import mint_token
+
+    config = load_config()
+    if config.jwt_secret_ephemeral or not config.jwt_secret:
+        raise ConfigError("LURESTREAM_JWT_SECRET", "is not set: mint-token signs with the server's real secret")
+    if not config.jwt_algorithms[0].startswith("HS"):
+        raise ConfigError("LURESTREAM_JWT_ALGORITHMS", "mint-token only signs HS* tokens (no private keys here)")
+    print("DEVELOPMENT ONLY: a token signed with the server's secret; real ones come from DECNET", file=sys.stderr)
+    print(mint_token(config, args.user, ttl=args.ttl))
     return 0
 
 
