@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 
 from processes import lurestream_env
 from sse_client import SSEClient
@@ -45,6 +46,9 @@ def test_demo_serves_live_events_and_ctrl_c_stops_everything():
             if match:
                 urls["attacker" if "/attackers/" in match.group(1) else "topology"] = match.group(1)
         assert len(urls) == 2, "demo did not print both curl commands:\n" + "".join(output)
+        (dashboard,) = [m.group(0) for line in output if (m := re.search(r"http://\S+/#token=\S+", line))]
+        with urllib.request.urlopen(dashboard.split("#", 1)[0], timeout=10) as page:
+            assert page.status == 200 and b"dashboard.js" in page.read(), "the printed dashboard link serves the page"
         services = _children(proc.pid)
         assert len(services) >= 2, "nats-server and the MongoDB-wire server run as children"
 
