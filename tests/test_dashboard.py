@@ -76,12 +76,14 @@ def server(tmp_path, nats_service, mongo_service, mongo, db_name):
 
 
 def _wait(driver, predicate, what: str, timeout: float = 15):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: predicate(d))
-    except Exception:
-        raise AssertionError(f"timed out waiting for {what}; state: {_text(driver, 'state')}") from None
+        return wait.until(lambda d: predicate(d))
+    except Exception as exc:
+        raise AssertionError(f"waiting for {what}: {exc!r}; state: {_text(driver, 'state')}") from None
 
 
 def _text(driver, element_id: str) -> str:
@@ -107,15 +109,14 @@ def test_dashboard_shows_live_events_as_text(server, browser, nats_service, tmp_
         "attacker.observation.ja3",
         {"attacker_uuid": A, "primitive": "ja3", "value": "771,4865-4866,0-23", "confidence": 0.91},
     )
-    row = _wait(
-        browser,
-        lambda d: d.find_elements(By.CSS_SELECTOR, '#observations tr[data-primitive="ja3"]'),
-        "the ja3 row in the observation table",
-    )[0]
+    # the row is replaced on update, so look it up afresh each time (no stale element)
     _wait(
         browser,
-        lambda d: "771,4865-4866,0-23" in row.text or "771,4865-4866,0-23" in _text(d, "observations"),
-        "the new ja3 value in its row",
+        lambda d: any(
+            "771,4865-4866,0-23" in r.text
+            for r in d.find_elements(By.CSS_SELECTOR, '#observations tr[data-primitive="ja3"]')
+        ),
+        "the new ja3 value in the ja3 row of the observation table",
     )
     _wait(browser, lambda d: "observation" in _text(d, "feed"), "the event in the feed")
 
