@@ -187,6 +187,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("replay_memory", "-1", _int(-1), "recent events kept in memory for resumes (-1 = LURESTREAM_REPLAY_MAX)"),
     Setting("retry_ms", "3000", _int(0), "reconnect hint sent before the server closes a stream (jittered)"),
     Setting("drain_seconds", "30", _float(0, inclusive=True), "on SIGTERM, close streams spread over this long"),
+    Setting("auth_cache_seconds", "5", _float(0, inclusive=True), "cache user and revocation look-ups (0-10 s)"),
     Setting("ticket_ttl_seconds", "60", _int(1, 3600), "lifetime of a stream ticket"),
     Setting("allow_query_token", "true", _bool, "accept ?token=<JWT> on stream endpoints"),
     Setting("cors_origins", "", _csv, "origins allowed to open streams, comma-separated (* for any)"),
@@ -229,6 +230,7 @@ class Config:
     replay_memory: int = -1
     retry_ms: int = 3000
     drain_seconds: float = 30.0
+    auth_cache_seconds: float = 5.0
     ticket_ttl_seconds: int = 60
     allow_query_token: bool = True
     cors_origins: tuple[str, ...] = ()
@@ -266,6 +268,8 @@ def load_config(env: Mapping[str, str] | None = None, flags: Mapping[str, Any] |
         except ValueError as exc:
             raise ConfigError(s.env, str(exc)) from None
     values["jwt_public_key"] = _read_public_key(values["jwt_public_key_file"])
+    if values["auth_cache_seconds"] > 10:
+        raise ConfigError("LURESTREAM_AUTH_CACHE_SECONDS", "must be at most 10 (SPEC §5 allows 10 s of staleness)")
     config = Config(**values)
     _check_keys(config)
     if config.dev_insecure and not config.jwt_secret and any(a.startswith("HS") for a in config.jwt_algorithms):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import datetime, timedelta, timezone
@@ -253,3 +254,17 @@ async def test_expired_ticket_and_role_rebinding(ls):
     client = await ls.open(STREAM, query={"ticket": "auditor-ticket"})
     assert client.status == 403
     assert await client.json() == {"detail": "Insufficient permissions"}
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.lurestream(auth_cache_seconds=0.5)
+async def test_revocation_takes_effect_within_the_auth_cache_lifetime(ls):
+    token = ls.token()
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    first = await ls.open(f"/api/v1/attackers/{ATTACKER_A['_id']}/events", token=token)
+    assert first.status == 200
+    first.close()
+    ls.db.revoked_tokens.insert_one({"_id": jti})
+    await asyncio.sleep(0.6)
+    again = await ls.open(f"/api/v1/attackers/{ATTACKER_A['_id']}/events", token=token)
+    assert again.status == 401, "refused once the cached look-up expired"
