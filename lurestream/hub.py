@@ -175,6 +175,7 @@ class Hub:
         self.metrics = metrics
         self._routes: dict[Key, set[Subscription]] = {}
         self._subscriptions = 0
+        self.serial = 0  # counts registrations: orders them against snapshot reads (see snapshots.py)
         self._nc: NATS | None = None
         self._connector: asyncio.Task[None] | None = None
         self._closing = False
@@ -185,6 +186,8 @@ class Hub:
         """Register a stream for its keys; ``close()`` on the result unregisters it."""
         sub = Subscription(keys, self.queue_max, on_close=self._unregister, on_overflow=self._overflowed)
         sub.position = self.live_position
+        self.serial += 1
+        sub.serial = self.serial
         for key in sub.keys:
             self._routes.setdefault(key, set()).add(sub)
         self._subscriptions += 1
@@ -347,6 +350,13 @@ class Hub:
             return self._resume_failed(RESUME_UNAVAILABLE)
         self.stats.resumed_from_stream += 1
         return self._resumed(Resume(items, scanned), "jetstream")
+
+    def recent_between(self, after: int, until: int, keys: Iterable[Key]) -> list[Item] | None:
+        """From memory, the items for ``keys`` with ``after < seq <= until``; None if memory does not
+        reach back to ``after``."""
+        if self._recent_floor is None or after < self._recent_floor or until < after:
+            return None
+        return self._recent_items(after, until, set(keys))
 
     def _recent_items(self, after: int, until: int, wanted: set[Key]) -> list[Item]:
         """From memory: the items with ``after < seq <= until`` for ``wanted`` keys, oldest first."""

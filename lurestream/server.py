@@ -34,6 +34,7 @@ from lurestream.limits import ConnectionLimiter
 from lurestream.logs import access_log_function
 from lurestream.metrics import Metrics
 from lurestream.redact import redact
+from lurestream.snapshots import SnapshotReads
 from lurestream.store import Store
 from lurestream.store.mongo import MongoStore
 from lurestream.subscription import DRAINING
@@ -52,6 +53,7 @@ class Services:
     limiter: ConnectionLimiter
     metrics: Metrics
     tracer: Tracer
+    snapshots: SnapshotReads
 
     @classmethod
     def build(
@@ -79,6 +81,7 @@ class Services:
             ConnectionLimiter(config.sse_max_per_user),
             metrics,
             tracer or trace.get_tracer("lurestream"),
+            SnapshotReads(the_hub),
         )
 
 
@@ -93,6 +96,7 @@ def make_app(services: Services, **settings: Any) -> tornado.web.Application:
         limiter=services.limiter,
         metrics=services.metrics,
         tracer=services.tracer,
+        snapshots=services.snapshots,
     )
     app_settings: dict[str, Any] = dict(
         keepalive_seconds=config.keepalive_seconds,

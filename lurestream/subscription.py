@@ -38,6 +38,7 @@ class Subscription:
         "closed",
         "reason",
         "position",
+        "serial",
         "unflushed",
         "_frames",
         "_waiter",
@@ -58,6 +59,7 @@ class Subscription:
         self.closed = False
         self.reason: str | None = None
         self.position: int | None = None  # the hub's stream sequence when this subscription registered
+        self.serial = 0  # the hub's registration counter when this subscription registered
         self.unflushed = 0  # bytes its handler has written and the connection has not yet flushed
         self._frames: deque[Item] = deque()
         self._waiter: asyncio.Future[None] | None = None

@@ -30,6 +30,7 @@ from lurestream.hub import Hub
 from lurestream.limits import ConnectionLimiter
 from lurestream.metrics import Metrics
 from lurestream.routing import Key
+from lurestream.snapshots import SnapshotReads
 from lurestream.store import Store, StoreUnavailable
 from lurestream.subscription import DRAINING, LAGGING, Subscription
 
@@ -54,6 +55,7 @@ class StreamHandler(BaseHandler):
     limiter: ConnectionLimiter
     metrics: Metrics
     tracer: Tracer
+    snapshots: SnapshotReads
     subscription: Subscription | None = None
     end_reason = "client_closed"
     _span: Span | None = None
@@ -204,8 +206,8 @@ class StreamHandler(BaseHandler):
         with self._child("lurestream.snapshot") as span:
             span.set_attribute("lurestream.stream.kind", self.kind)
             started = time.perf_counter()
-            try:
-                data = await self.snapshot(resource)
+            try:  # identical concurrent reads share one query (see snapshots.py)
+                snap = await self.snapshots.read(sub.keys[0], sub, lambda: self.snapshot(resource))
             except StoreUnavailable as exc:
                 span.set_attribute("lurestream.outcome", "store_unavailable")
                 log.warning("snapshot failed: %s", exc)
@@ -214,12 +216,14 @@ class StreamHandler(BaseHandler):
                 return None
             self.metrics.snapshot_seconds.labels(self.kind).observe(time.perf_counter() - started)
             span.set_attribute("lurestream.outcome", "ok")
-        if requested is not None and self._span is not None:
-            self._span.set_attribute("lurestream.resume", "snapshot")
+        data = snap.data
         if requested is not None:
             data["resumed"] = False
-        position = None if sub.position is None else str(sub.position)
-        await self._send(sse.encode_frame("snapshot", sse.dumps(data), position))
+            if self._span is not None:
+                self._span.set_attribute("lurestream.resume", "snapshot")
+        position = None if snap.position is None else str(snap.position)
+        frame = sse.encode_frame("snapshot", sse.dumps(data), position)
+        await self._send(b"".join([frame, *(f for _, f, _ in snap.gap)]) if snap.gap else frame)
         return 0
 
     async def _forward(self, sub: Subscription, floor: int) -> None:

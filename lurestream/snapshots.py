@@ -1,0 +1,71 @@
+"""Identical snapshot reads share one store query, without a stream ever missing an event.
+
+A connect storm (a deploy, a network blip) opens many streams on the same attacker at once; each
+needs the same snapshot. A read in flight, or finished less than ``max_age`` ago, is shared:
+- by every stream that registered with the hub *before* the read began — events after their
+  registration reach them live, so the read cannot be too old for them;
+- with JetStream, also by streams that registered later: they get the shared snapshot, stamped with
+  the stream position at which the read began, followed by the events between that position and
+  their own registration from the hub's replay memory — exactly what the read could not reflect.
+Any other stream starts a new read. A failed read is not shared afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lurestream.hub import Hub
+from lurestream.routing import Key
+from lurestream.subscription import Item, Subscription
+
+
+@dataclass
+class _Read:
+    future: asyncio.Future[dict[str, Any]]
+    started: float  # loop time
+    serial: int  # the hub's registration counter when the read began
+    position: int | None  # the hub's live position when the read began
+
+
+@dataclass
+class Snapshot:
+    data: dict[str, Any]
+    position: int | None  # the stream position the data reflects (the snapshot frame's id)
+    gap: list[Item]  # events between that position and the stream's registration
+
+
+class SnapshotReads:
+    def __init__(self, hub: Hub, max_age: float = 1.0) -> None:
+        self.hub = hub
+        self.max_age = max_age
+        self.queries = 0  # store reads actually made (for tests and benchmarks)
+        self._reads: dict[Key, _Read] = {}
+
+    async def read(self, key: Key, sub: Subscription, load: Callable[[], Awaitable[dict[str, Any]]]) -> Snapshot:
+        loop = asyncio.get_running_loop()
+        shared = self._reads.get(key)
+        if shared is not None and loop.time() - shared.started <= self.max_age:
+            if shared.serial >= sub.serial:
+                return Snapshot(dict(await asyncio.shield(shared.future)), sub.position, [])
+            if shared.position is not None and sub.position is not None:
+                gap = self.hub.recent_between(shared.position, sub.position, sub.keys)
+                if gap is not None:
+                    return Snapshot(dict(await asyncio.shield(shared.future)), shared.position, gap)
+        read = _Read(asyncio.ensure_future(load()), loop.time(), self.hub.serial, self.hub.live_position)
+        self.queries += 1
+        self._reads[key] = read
+        read.future.add_done_callback(lambda f: self._finished(key, read))
+        return Snapshot(dict(await asyncio.shield(read.future)), sub.position, [])
+
+    def _finished(self, key: Key, read: _Read) -> None:
+        if read.future.cancelled() or read.future.exception() is not None:
+            self._forget(key, read)  # never share a failure with later streams
+        else:
+            asyncio.get_running_loop().call_later(self.max_age, self._forget, key, read)
+
+    def _forget(self, key: Key, read: _Read) -> None:
+        if self._reads.get(key) is read:
+            del self._reads[key]
