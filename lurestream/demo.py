@@ -212,10 +212,10 @@ def run_demo(port: int = 8700, rate: float = 3.0, duration: float = 0) -> int:
     from pymongo import MongoClient
     from tornado.netutil import bind_sockets
 
-    from lurestream.server import serve
+    from lurestream.server import LISTEN_BACKLOG, serve
 
     try:  # bind first: a busy port is the commonest failure, so say so before starting anything
-        sockets = bind_sockets(port, "127.0.0.1")
+        sockets = bind_sockets(port, "127.0.0.1", backlog=LISTEN_BACKLOG)
     except OSError as exc:
         print(f"lurestream demo: cannot listen on port {port} ({exc.strerror}); try --port 0 for any free port")
         return 1

@@ -78,6 +78,11 @@ class Metrics:
         self.snapshot_seconds = Histogram(
             "lurestream_snapshot_seconds", "Snapshot read time", ["kind"], buckets=LATENCY_BUCKETS, registry=registry
         )
+        self.snapshot_queries = Counter(
+            "lurestream_snapshot_queries_total",
+            "Snapshot store reads made (shared reads count once)",
+            registry=registry,
+        )
         self.delivery_seconds = Histogram(
             "lurestream_delivery_latency_seconds",
             "Envelope ts to the write of the frame, for live events (oldest frame of each write)",

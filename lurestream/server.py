@@ -25,6 +25,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from lurestream.auth import Authenticator
+from lurestream.cache import TTLCache
 from lurestream.config import Config
 from lurestream.handlers import all_handlers
 from lurestream.handlers.base import NotFoundHandler
@@ -41,6 +42,10 @@ from lurestream.subscription import DRAINING
 
 log = logging.getLogger("lurestream.server")
 
+# Tornado's default accept backlog is 128: a reconnect storm overflows it, dropped SYNs are retried after
+# 1, 3, 7… s, and connects take tens of seconds. The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
+
 
 @dataclass
 class Services:
@@ -54,6 +59,7 @@ class Services:
     metrics: Metrics
     tracer: Tracer
     snapshots: SnapshotReads
+    resources: TTLCache[dict[str, Any] | None]
 
     @classmethod
     def build(
@@ -81,7 +87,8 @@ class Services:
             ConnectionLimiter(config.sse_max_per_user),
             metrics,
             tracer or trace.get_tracer("lurestream"),
-            SnapshotReads(the_hub),
+            SnapshotReads(the_hub, metrics=metrics),
+            TTLCache(1.0),  # attacker / topology documents, read when a stream opens
         )
 
 
@@ -97,6 +104,7 @@ def make_app(services: Services, **settings: Any) -> tornado.web.Application:
         metrics=services.metrics,
         tracer=services.tracer,
         snapshots=services.snapshots,
+        resources=services.resources,
     )
     app_settings: dict[str, Any] = dict(
         keepalive_seconds=config.keepalive_seconds,
@@ -141,7 +149,7 @@ async def serve(config: Config, sockets: list[Any] | None = None, ready: asyncio
     app = make_app(services)
     server = HTTPServer(app, xheaders=config.trust_proxy_headers)
     if sockets is None:
-        sockets = bind_sockets(config.port, config.host, reuse_port=False)
+        sockets = bind_sockets(config.port, config.host, reuse_port=False, backlog=LISTEN_BACKLOG)
     server.add_sockets(sockets)
     ports = sorted({s.getsockname()[1] for s in sockets})
     log.info(

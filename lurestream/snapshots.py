@@ -1,7 +1,8 @@
 """Identical snapshot reads share one store query, without a stream ever missing an event.
 
 A connect storm (a deploy, a network blip) opens many streams on the same attacker at once; each
-needs the same snapshot. A read in flight, or finished less than ``max_age`` ago, is shared:
+needs the same snapshot. A read in flight (however long it takes: under load, starting more reads
+would only slow every one of them), or finished less than ``max_age`` ago, is shared:
 - by every stream that registered with the hub *before* the read began — events after their
   registration reach them live, so the read cannot be too old for them;
 - with JetStream, also by streams that registered later: they get the shared snapshot, stamped with
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lurestream.hub import Hub
+from lurestream.metrics import Metrics
 from lurestream.routing import Key
 from lurestream.subscription import Item, Subscription
 
@@ -25,7 +27,6 @@ from lurestream.subscription import Item, Subscription
 @dataclass
 class _Read:
     future: asyncio.Future[dict[str, Any]]
-    started: float  # loop time
     serial: int  # the hub's registration counter when the read began
     position: int | None  # the hub's live position when the read began
 
@@ -38,24 +39,26 @@ class Snapshot:
 
 
 class SnapshotReads:
-    def __init__(self, hub: Hub, max_age: float = 1.0) -> None:
+    def __init__(self, hub: Hub, max_age: float = 1.0, metrics: Metrics | None = None) -> None:
         self.hub = hub
+        self.metrics = metrics
         self.max_age = max_age
         self.queries = 0  # store reads actually made (for tests and benchmarks)
         self._reads: dict[Key, _Read] = {}
 
     async def read(self, key: Key, sub: Subscription, load: Callable[[], Awaitable[dict[str, Any]]]) -> Snapshot:
-        loop = asyncio.get_running_loop()
-        shared = self._reads.get(key)
-        if shared is not None and loop.time() - shared.started <= self.max_age:
+        shared = self._reads.get(key)  # in flight, or done less than max_age ago (then forgotten)
+        if shared is not None:
             if shared.serial >= sub.serial:
                 return Snapshot(dict(await asyncio.shield(shared.future)), sub.position, [])
             if shared.position is not None and sub.position is not None:
                 gap = self.hub.recent_between(shared.position, sub.position, sub.keys)
                 if gap is not None:
                     return Snapshot(dict(await asyncio.shield(shared.future)), shared.position, gap)
-        read = _Read(asyncio.ensure_future(load()), loop.time(), self.hub.serial, self.hub.live_position)
+        read = _Read(asyncio.ensure_future(load()), self.hub.serial, self.hub.live_position)
         self.queries += 1
+        if self.metrics is not None:
+            self.metrics.snapshot_queries.inc()
         self._reads[key] = read
         read.future.add_done_callback(lambda f: self._finished(key, read))
         return Snapshot(dict(await asyncio.shield(read.future)), sub.position, [])

@@ -33,7 +33,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # lurestream.metrics reads it; not i
 
 
 def _worker(config: Config, port: int, index: int) -> None:
-    from lurestream.server import serve
+    from lurestream.server import LISTEN_BACKLOG, serve
 
     # The parent's handlers were inherited; a signal pending since the fork now ends us by default
     # until serve() installs its own handlers.
@@ -42,7 +42,7 @@ def _worker(config: Config, port: int, index: int) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     code = 0
     try:
-        sockets = bind_sockets(port, config.host, reuse_port=True)
+        sockets = bind_sockets(port, config.host, reuse_port=True, backlog=LISTEN_BACKLOG)
         asyncio.run(serve(config, sockets))
     except BaseException:  # the parent restarts us; say why first
         log.exception("worker %d crashed", index)

@@ -55,7 +55,10 @@ async def test_attacker_and_topology_lookups(store):
 
 
 @pytest.mark.gen_test
-async def test_latest_observations(store, mongo):
+@pytest.mark.parametrize("scan_limit", [2000, 4], ids=["find-sorted", "group-fallback"])
+async def test_latest_observations(store, mongo, monkeypatch, scan_limit):
+    """Both query shapes (a sorted find, and $group past SCAN_LIMIT rows) give the same answer."""
+    monkeypatch.setattr("lurestream.store.mongo.SCAN_LIMIT", scan_limit)
     rows = [
         {
             "attacker_uuid": A,

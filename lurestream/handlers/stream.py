@@ -25,6 +25,7 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from lurestream import sse
+from lurestream.cache import MISSING, TTLCache
 from lurestream.handlers.base import STORE_UNAVAILABLE, ApiError, BaseHandler
 from lurestream.hub import Hub
 from lurestream.limits import ConnectionLimiter
@@ -56,6 +57,7 @@ class StreamHandler(BaseHandler):
     metrics: Metrics
     tracer: Tracer
     snapshots: SnapshotReads
+    resources: TTLCache[dict[str, Any] | None]
     subscription: Subscription | None = None
     end_reason = "client_closed"
     _span: Span | None = None
@@ -72,6 +74,15 @@ class StreamHandler(BaseHandler):
     async def snapshot(self, resource: dict[str, Any]) -> dict[str, Any]:
         """The data of the ``snapshot`` frame."""
         raise NotImplementedError
+
+    async def _load_cached(self, resource_id: str) -> dict[str, Any] | None:
+        """``load`` behind a 1 s per-process cache: a connect storm on one attacker reads it once."""
+        key = f"{self.kind}:{resource_id}"
+        found = self.resources.get(key)
+        if found is MISSING:
+            found = await self.load(resource_id)
+            self.resources.set(key, found)
+        return found
 
     # -- tunables (Application settings, like WebSocketHandler.ping_interval) --------------------
     @property
@@ -119,7 +130,7 @@ class StreamHandler(BaseHandler):
             span.set_attribute("lurestream.stream.kind", self.kind)
             span.set_attribute("lurestream.stream.key", resource_id)
             try:
-                resource = await self.load(resource_id)
+                resource = await self._load_cached(resource_id)
             except StoreUnavailable as exc:
                 span.set_attribute("lurestream.outcome", "store_unavailable")
                 raise ApiError(503, STORE_UNAVAILABLE, str(exc)) from None
