@@ -76,7 +76,7 @@ static void scan_frames(conn_t *c, const char *data, int len) {
     double wall = now_wall();
     while ((end = strstr(p, "\n\n")) != NULL) {
         *end = 0;
-        if (strstr(p, "event: ") && !strstr(p, "event: snapshot") && !strstr(p, "event: resumed")) {
+        if (strstr(p, "data:") && !strstr(p, "event: snapshot") && !strstr(p, "event: resumed")) {
             char *ts = strstr(p, "\"ts\":");
             if (ts) {
                 double t = strtod(ts + 5, NULL);
