@@ -40,7 +40,6 @@ class Subscription:
         "position",
         "serial",
         "unflushed",
-        "sink",
         "_frames",
         "_waiter",
         "_on_close",
@@ -61,9 +60,6 @@ class Subscription:
         self.reason: str | None = None
         self.position: int | None = None  # the hub's stream sequence when this subscription registered
         self.serial = 0  # the hub's registration counter when this subscription registered
-        # The handler's direct writer while it has nothing in flight: an item then goes straight to the
-        # socket from the hub's dispatch, with no queueing and no coroutine wake-up (the common case).
-        self.sink: Callable[[Item], bool] | None = None
         self.unflushed = 0  # bytes its handler has written and the connection has not yet flushed
         self._frames: deque[Item] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -78,8 +74,6 @@ class Subscription:
         """Queue an item; False when closed, or when full (the subscription then ends as lagging)."""
         if self.closed:
             return False
-        if self.sink is not None and not self._frames and self.sink(item):
-            return True
         if len(self._frames) >= self.maxsize:
             self.dropped += 1
             self.end(LAGGING)
@@ -117,7 +111,6 @@ class Subscription:
             return
         self.closed = True
         self.reason = reason
-        self.sink = None
         if self._on_close is not None:
             self._on_close(self)
         self._wake()
@@ -126,10 +119,6 @@ class Subscription:
         """End and discard what is queued (nobody will read it). Safe to call many times."""
         self.end(CLOSED)
         self._frames.clear()
-
-    def wake(self) -> None:
-        """Wake the reader without a frame (its direct write is waiting to be flushed)."""
-        self._wake()
 
     def _wake(self) -> None:
         if self._waiter is not None:

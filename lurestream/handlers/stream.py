@@ -18,7 +18,6 @@ import asyncio
 import logging
 import random
 import time
-from asyncio import Future
 from typing import Any
 
 from opentelemetry import trace
@@ -34,7 +33,7 @@ from lurestream.metrics import Metrics
 from lurestream.routing import Key
 from lurestream.snapshots import SnapshotReads
 from lurestream.store import Store, StoreUnavailable
-from lurestream.subscription import DRAINING, LAGGING, Item, Subscription
+from lurestream.subscription import DRAINING, LAGGING, Subscription
 
 log = logging.getLogger("lurestream.stream")
 
@@ -239,90 +238,26 @@ class StreamHandler(BaseHandler):
         return 0
 
     async def _forward(self, sub: Subscription, floor: int) -> None:
-        """Live frames until the subscription ends; a lagging or draining end gets a ``retry:`` hint.
-
-        While nothing is in flight the hub writes each frame straight to the socket (``_write_now``);
-        only a write the kernel cannot take at once, or frames that arrive meanwhile, come through
-        here — so an idle or keeping-up stream costs no coroutine wake-up per event.
-        """
+        """Live frames until the subscription ends; a lagging or draining end gets a ``retry:`` hint."""
         keepalive = self.keepalive_seconds
-        self._floor = floor
-        loop = asyncio.get_running_loop()
         while True:
-            if self._in_flight is not None:  # a direct write the kernel did not take at once
-                pending, self._in_flight = self._in_flight, None
-                await self._await_flush(pending, self._pending_bytes)
-            if sub.pending == 0:
-                sub.sink = self._write_now
             batch = await sub.get_batch(keepalive)
-            sub.sink = None
             if batch is None:
                 if sub.reason in (LAGGING, DRAINING):
                     self.end_reason = sub.reason
-                    await self._finish_in_flight()
                     await self._send(sse.retry_frame(self._retry_hint()))
                 return
             if not batch:
-                if self._in_flight is not None or loop.time() - self._last_write < keepalive:
-                    continue  # woken for a direct write, or frames went out directly: no keepalive due
                 position = self.hub.live_position
                 await self._send(sse.keepalive_frame(None if position is None else max(position, floor)))
-                self._last_write = loop.time()
                 continue
-            await self._finish_in_flight()
             if floor and batch[0][0] <= floor:  # only right after a resume: drop what the client has
                 batch = [item for item in batch if item[0] > floor]
                 if not batch:
                     continue
             # one write per wake-up, however many frames queued meanwhile
             await self._send(batch[0][1] if len(batch) == 1 else b"".join([frame for _, frame, _ in batch]))
-            self._last_write = loop.time()
             self.metrics.delivery_seconds.observe(max(time.time() - batch[0][2], 0.0))
-
-    _in_flight: Future[None] | None = None
-    _pending_bytes = 0
-    _last_write = 0.0
-    _floor = 0
-
-    def _write_now(self, item: Item) -> bool:
-        """The hub's direct path: write one frame now; False sends it through the queue instead."""
-        if item[0] and item[0] <= self._floor:
-            return True  # the client already has it (right after a resume)
-        if self._in_flight is not None:
-            return False
-        try:
-            done = self.request.connection.write(item[1])  # type: ignore[union-attr]
-        except Exception:  # the connection is gone; on_connection_close ends the stream
-            return True
-        self._last_write = asyncio.get_running_loop().time()
-        self.metrics.delivery_seconds.observe(max(time.time() - item[2], 0.0))
-        if not done.done():  # the rest sits in Tornado's buffer: the handler waits for it (send timeout)
-            self._in_flight, self._pending_bytes = done, len(item[1])
-            if self.subscription is not None:
-                self.subscription.sink = None
-                self.subscription.wake()
-        return True
-
-    async def _finish_in_flight(self) -> None:
-        if self._in_flight is not None:
-            pending, self._in_flight = self._in_flight, None
-            await self._await_flush(pending, self._pending_bytes)
-
-    async def _await_flush(self, flushed: Future[None], size: int) -> None:
-        sub = self.subscription
-        if sub is not None:
-            sub.unflushed = size
-        try:
-            await asyncio.wait_for(flushed, self.send_timeout_seconds)
-        except asyncio.TimeoutError:
-            self.end_reason = "send_timeout"
-            self.hub.stats.send_timeouts += 1
-            self.metrics.send_timeouts.inc()
-            log.warning("send timeout after %.1fs; closing %s", self.send_timeout_seconds, self._request_summary())
-            self._iostream().close()
-            raise
-        if sub is not None:
-            sub.unflushed = 0
 
     def _retry_hint(self) -> int:
         """Jittered, so a drain or a burst of lagging closes does not bring every client back at once."""
@@ -339,7 +274,20 @@ class StreamHandler(BaseHandler):
         if flushed.done():
             flushed.result()
             return
-        await self._await_flush(flushed, len(chunk))
+        sub = self.subscription
+        if sub is not None:
+            sub.unflushed = len(chunk)
+        try:
+            await asyncio.wait_for(flushed, self.send_timeout_seconds)
+            if sub is not None:
+                sub.unflushed = 0
+        except asyncio.TimeoutError:
+            self.end_reason = "send_timeout"
+            self.hub.stats.send_timeouts += 1
+            self.metrics.send_timeouts.inc()
+            log.warning("send timeout after %.1fs; closing %s", self.send_timeout_seconds, self._request_summary())
+            self._iostream().close()
+            raise
 
     def _iostream(self) -> IOStream:
         """The connection's IOStream (HTTP/1.1 connections expose it as ``.stream``)."""
