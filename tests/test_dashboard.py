@@ -49,7 +49,7 @@ def browser(tmp_path, request):
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(20)
+    driver.set_page_load_timeout(30)
     yield driver
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:
@@ -75,7 +75,7 @@ def server(tmp_path, nats_service, mongo_service, mongo, db_name):
     proc.stop()
 
 
-def _wait(driver, predicate, what: str, timeout: float = 15):
+def _wait(driver, predicate, what: str, timeout: float = 30):
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -83,7 +83,14 @@ def _wait(driver, predicate, what: str, timeout: float = 15):
     try:
         return wait.until(lambda d: predicate(d))
     except Exception as exc:
-        raise AssertionError(f"waiting for {what}: {exc!r}; state: {_text(driver, 'state')}") from None
+        try:
+            console = driver.get_log("browser")
+        except Exception:
+            console = "unavailable"
+        raise AssertionError(
+            f"waiting for {what}: {exc!r}; state: {_text(driver, 'state')}; feed: {_text(driver, 'feed')[:500]!r}; "
+            f"browser console: {console}"
+        ) from None
 
 
 def _text(driver, element_id: str) -> str:
