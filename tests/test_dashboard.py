@@ -105,7 +105,7 @@ def test_dashboard_shows_live_events_as_text(server, browser, nats_service, tmp_
 
     token = mint_token(config_from({"jwt_secret": SECRET}), VIEWER)
     browser.get(f"http://127.0.0.1:{server.port}/#token={token}")
-    assert token not in browser.current_url, "the token leaves the address bar once read"
+    _wait(browser, lambda d: token not in d.current_url, "the token to leave the address bar once read")
     _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#attacker-select option")) >= 2, "attacker list")
     Select(browser.find_element(By.ID, "attacker-select")).select_by_value(A)
     browser.find_element(By.ID, "watch-attacker").click()
