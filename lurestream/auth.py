@@ -11,6 +11,7 @@ import hashlib
 import logging
 import math
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -78,11 +79,23 @@ class Authenticator:
         # one look-up per user, not one per stream
         self._users: TTLCache[dict[str, Any] | None] = TTLCache(config.auth_cache_seconds)
         self._revocations: TTLCache[bool] = TTLCache(config.auth_cache_seconds)
+        self._verified: TTLCache[dict[str, Any]] = TTLCache(config.auth_cache_seconds, max_entries=20_000)
 
     def _key_for(self, alg: str) -> str:
         return self.config.jwt_secret if alg.startswith("HS") else self.config.jwt_public_key
 
     def _decode(self, token: str) -> dict[str, Any]:
+        # A dashboard reconnects with the same JWT; verifying it is the costliest step of a connect
+        # (pyjwt checks every base64 character), so a verified token is remembered for the auth cache
+        # lifetime — its expiry is still checked on every use.
+        known = self._verified.get(token)
+        if known is not MISSING and known["exp"] > time.time():
+            return known
+        claims = self._verify(token)
+        self._verified.set(token, claims)
+        return claims
+
+    def _verify(self, token: str) -> dict[str, Any]:
         cfg = self.config
         try:
             alg = jwt.get_unverified_header(token).get("alg")

@@ -268,3 +268,14 @@ async def test_revocation_takes_effect_within_the_auth_cache_lifetime(ls):
     await asyncio.sleep(0.6)
     again = await ls.open(f"/api/v1/attackers/{ATTACKER_A['_id']}/events", token=token)
     assert again.status == 401, "refused once the cached look-up expired"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_remembered_token_still_expires_on_time(ls):
+    token = ls.token(ttl=1.5)
+    first = await ls.open(f"/api/v1/attackers/{ATTACKER_A['_id']}/events", token=token)
+    assert first.status == 200
+    first.close()
+    await asyncio.sleep(1.6)
+    again = await ls.open(f"/api/v1/attackers/{ATTACKER_A['_id']}/events", token=token)
+    assert again.status == 401, "verified once, but expired now: refused"
