@@ -121,7 +121,7 @@ class Authenticator:
     async def authenticate_token(self, token: str) -> Identity:
         """Full JWT validation (SPEC §5.2) including the user, revocation and role checks."""
         claims = self._decode(token)
-        user = await self._user(claims["uuid"])
+        user = await self._users.get_or_load(claims["uuid"], lambda: self.store.get_user(claims["uuid"]))
         if user is None:
             raise AuthError(401, INVALID_CREDENTIALS, "unknown user")
         raw_valid_from = user.get("tokens_valid_from")
@@ -131,27 +131,13 @@ class Authenticator:
         iat = claims["iat"]
         if valid_from is not None and (not isinstance(iat, (int, float)) or iat < math.floor(valid_from)):
             raise AuthError(401, INVALID_CREDENTIALS, "token issued before tokens_valid_from")
-        if await self._revoked(claims["jti"]):
+        if await self._revocations.get_or_load(claims["jti"], lambda: self.store.is_revoked(claims["jti"])):
             raise AuthError(401, INVALID_CREDENTIALS, "token revoked")
         if user.get("must_change_password") is True:
             raise AuthError(403, PASSWORD_CHANGE)
         identity = Identity(claims["uuid"], str(user.get("role") or ""))
         self.check_role(identity)
         return identity
-
-    async def _user(self, uuid: str) -> dict[str, Any] | None:
-        cached = self._users.get(uuid)
-        if cached is MISSING:
-            cached = await self.store.get_user(uuid)
-            self._users.set(uuid, cached)
-        return cached
-
-    async def _revoked(self, jti: str) -> bool:
-        cached = self._revocations.get(jti)
-        if cached is MISSING:
-            cached = await self.store.is_revoked(jti)
-            self._revocations.set(jti, cached)
-        return bool(cached)
 
     def check_role(self, identity: Identity) -> None:
         if identity.role not in self.config.stream_roles:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
@@ -37,6 +38,14 @@ class TTLCache(Generic[V]):
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)
+
+    async def get_or_load(self, key: str, load: Callable[[], Awaitable[V]]) -> V:
+        """The cached value, or ``await load()`` remembered for the TTL (None results included)."""
+        value = self.get(key)
+        if value is MISSING:
+            value = await load()
+            self.set(key, value)
+        return value
 
     def __len__(self) -> int:
         return len(self._data)

@@ -25,7 +25,7 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from lurestream import sse
-from lurestream.cache import MISSING, TTLCache
+from lurestream.cache import TTLCache
 from lurestream.handlers.base import STORE_UNAVAILABLE, ApiError, BaseHandler
 from lurestream.hub import Hub
 from lurestream.limits import ConnectionLimiter
@@ -77,12 +77,7 @@ class StreamHandler(BaseHandler):
 
     async def _load_cached(self, resource_id: str) -> dict[str, Any] | None:
         """``load`` behind a 1 s per-process cache: a connect storm on one attacker reads it once."""
-        key = f"{self.kind}:{resource_id}"
-        found = self.resources.get(key)
-        if found is MISSING:
-            found = await self.load(resource_id)
-            self.resources.set(key, found)
-        return found
+        return await self.resources.get_or_load(f"{self.kind}:{resource_id}", lambda: self.load(resource_id))
 
     # -- tunables (Application settings, like WebSocketHandler.ping_interval) --------------------
     @property
