@@ -39,7 +39,7 @@ from nats.js.errors import NotFoundError
 from lurestream import jetstream, sse
 from lurestream.metrics import Metrics
 from lurestream.redact import redact
-from lurestream.routing import SUBJECT_FAMILIES, Key, route
+from lurestream.routing import SUBJECT_FAMILIES, Key, Route, route
 from lurestream.subscription import DRAINING, Item, Subscription
 
 log = logging.getLogger("lurestream.hub")
@@ -84,7 +84,6 @@ class Resume:
     """A resume's outcome: the replayed items (oldest first), or why it could not be served."""
 
     items: list[Item]
-    scanned: int = 0
     failed: str | None = None
 
 
@@ -116,6 +115,11 @@ def decode_envelope(subject: str, data: bytes, now: float | None = None) -> Enve
     elif isinstance(ts, bool) or not isinstance(ts, (int, float)):
         raise MalformedMessage(f"ts is {type(ts).__name__}, not a number")
     return Envelope(subject, type_, float(ts), payload)
+
+
+def _item(target: Route, env: Envelope, seq: int) -> Item:
+    """The queue item of a routed event, encoded once: ``seq`` (0 without JetStream) becomes its ``id:``."""
+    return seq, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, seq or None), env.ts
 
 
 class _RateLimitedLog:
@@ -202,10 +206,19 @@ class Hub:
                     del self._routes[key]
         self._subscriptions -= 1
 
-    def _overflowed(self, sub: Subscription) -> None:
+    def record_lagging(self) -> None:
+        """Count a stream closed for falling behind (a full queue here, or a full write buffer in its handler)."""
         self.stats.lagging += 1
         if self.metrics is not None:
             self.metrics.lagging.inc()
+
+    def record_send_timeout(self) -> None:
+        self.stats.send_timeouts += 1
+        if self.metrics is not None:
+            self.metrics.send_timeouts.inc()
+
+    def _overflowed(self, sub: Subscription) -> None:
+        self.record_lagging()
         log.warning("stream for %s is lagging (%d frames queued); closing it so it resumes", sub.keys[0], sub.maxsize)
 
     @property
@@ -262,7 +275,7 @@ class Hub:
         target = route(subject, env.payload)
         subs = None if target is None else self._routes.get(target.key)
         if seq and target is not None:
-            item = (seq, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, seq), env.ts)
+            item = _item(target, env, seq)
             self._remember(seq, target.key, item)
             if seq < self._live_from:
                 return 0
@@ -272,7 +285,7 @@ class Hub:
                 metrics.events_unrouted.inc()
             return 0
         if not seq:
-            item = (0, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload), env.ts)
+            item = _item(target, env, 0)
         delivered = 0
         for sub in tuple(subs):  # a copy: a lagging stream unregisters itself while we iterate
             if sub.put_nowait(item):
@@ -333,15 +346,13 @@ class Hub:
             return self._resumed(Resume([]))
         wanted = set(sub.keys)
         if self._recent_floor is not None and after >= self._recent_floor:
-            return self._resumed(Resume(self._recent_items(after, until, wanted), until - after))
+            return self._resumed(Resume(self._recent_items(after, until, wanted)))
         items: list[Item] = []
-        scanned = 0
         try:
             state = await jetstream.stream_state(self._js, self.jetstream)
             if after + 1 < state.first_seq:
                 return self._resume_failed(RESUME_EXPIRED)
             async for msg in jetstream.scan(self._js, self.jetstream, after + 1, until):
-                scanned += 1
                 item = self._replay_item(msg, wanted)
                 if item is not None:
                     items.append(item)
@@ -349,7 +360,7 @@ class Hub:
             log.warning("resume: reading stream %s failed: %s", self.jetstream, exc)
             return self._resume_failed(RESUME_UNAVAILABLE)
         self.stats.resumed_from_stream += 1
-        return self._resumed(Resume(items, scanned), "jetstream")
+        return self._resumed(Resume(items), "jetstream")
 
     def recent_between(self, after: int, until: int, keys: Iterable[Key]) -> list[Item] | None:
         """From memory, the items for ``keys`` with ``after < seq <= until``; None if memory does not
@@ -377,8 +388,7 @@ class Hub:
         target = route(msg.subject, env.payload)
         if target is None or target.key not in wanted:
             return None
-        seq = int(msg.metadata.sequence.stream)
-        return seq, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, seq), env.ts
+        return _item(target, env, int(msg.metadata.sequence.stream))
 
     def _resumed(self, outcome: Resume, source: str = "memory") -> Resume:
         self.stats.resumed += 1

@@ -167,8 +167,7 @@ class StreamHandler(BaseHandler):
             return  # client gone or not reading: nothing more can be written
         except StreamBufferFullError:
             self.end_reason = "lagging"
-            self.hub.stats.lagging += 1
-            self.metrics.lagging.inc()
+            self.hub.record_lagging()
             log.warning("write buffer full; closing %s", self._request_summary())
             self._iostream().close()
         except asyncio.CancelledError:
@@ -278,8 +277,7 @@ class StreamHandler(BaseHandler):
                 sub.unflushed = 0
         except asyncio.TimeoutError:
             self.end_reason = "send_timeout"
-            self.hub.stats.send_timeouts += 1
-            self.metrics.send_timeouts.inc()
+            self.hub.record_send_timeout()
             log.warning("send timeout after %.1fs; closing %s", self.send_timeout_seconds, self._request_summary())
             self._iostream().close()
             raise
