@@ -22,6 +22,7 @@ from pymongo import MongoClient
 sys.path.insert(0, os.path.dirname(__file__))
 
 from harness import ATTACKER_A, ATTACKER_B, SECRET, TOPOLOGY_1, TOPOLOGY_2, USERS, VIEWER, Harness  # noqa: E402
+from processes import ServerProcess  # noqa: E402
 
 from lurestream.config import Config, config_from  # noqa: E402
 from lurestream.localservices import LocalService, mongo_wire_server, nats_server  # noqa: E402
@@ -136,6 +137,30 @@ def config(nats_service: Any, mongo_service: Any, db_name: str, request: pytest.
     if settings.get("jetstream") is True:
         settings["jetstream"] = request.getfixturevalue("js_stream")
     return config_from(settings)
+
+
+@pytest.fixture
+def start_server(tmp_path, nats_service, mongo_service, mongo, db_name):
+    """Start ``lurestream serve`` on the test's services and database, with extra settings."""
+    started = []
+
+    def start(**settings):
+        proc = ServerProcess(
+            str(tmp_path / f"server{len(started)}.log"),
+            nats_url=nats_service.url,
+            mongo_uri=mongo_service.url,
+            mongo_db=db_name,
+            jwt_secret=SECRET,
+            **settings,
+        )
+        started.append(proc)
+        proc.start()
+        proc.wait_ready()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
 
 
 @pytest.fixture

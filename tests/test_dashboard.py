@@ -13,7 +13,6 @@ from typing import Any
 import nats
 import pytest
 from harness import ATTACKER_A, SECRET, VIEWER
-from processes import ServerProcess
 
 from lurestream.config import config_from
 from lurestream.tokens import mint_token
@@ -60,19 +59,8 @@ def browser(tmp_path, request):
 
 
 @pytest.fixture
-def server(tmp_path, nats_service, mongo_service, mongo, db_name):
-    proc = ServerProcess(
-        str(tmp_path / "server.log"),
-        nats_url=nats_service.url,
-        mongo_uri=mongo_service.url,
-        mongo_db=db_name,
-        jwt_secret=SECRET,
-        drain_seconds=0,
-    )
-    proc.start()
-    proc.wait_ready()
-    yield proc
-    proc.stop()
+def server(start_server):
+    return start_server(drain_seconds=0)
 
 
 def _wait(driver, predicate, what: str, timeout: float = 30):

@@ -8,7 +8,6 @@ import urllib.request
 
 import pytest
 from harness import ATTACKER_A, SECRET, VIEWER
-from processes import ServerProcess
 from prometheus_client.parser import text_string_to_metric_families
 from sse_client import SSEClient
 
@@ -95,21 +94,10 @@ def test_auth_reason_labels_are_bounded():
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_one_scrape_covers_every_worker(tmp_path, nats_service, mongo_service, mongo, db_name):
-    server = ServerProcess(
-        str(tmp_path / "server.log"),
-        nats_url=nats_service.url,
-        mongo_uri=mongo_service.url,
-        mongo_db=db_name,
-        jwt_secret=SECRET,
-        processes=2,
-        sse_max_per_user=50,
-        drain_seconds=1,
-    )
-    server.start()
+async def test_one_scrape_covers_every_worker(start_server):
+    server = start_server(processes=2, sse_max_per_user=50, drain_seconds=1)
     clients = []
     try:
-        server.wait_ready()
         token = mint_token(config_from({"jwt_secret": SECRET}), VIEWER)
         for _ in range(8):  # the kernel spreads the connections over both workers
             client = await SSEClient.open(server.port, f"/api/v1/attackers/{A}/events?token={token}")

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 from harness import ATTACKER_A, SECRET, VIEWER
-from processes import ServerProcess, lurestream_env
+from processes import lurestream_env
 from sse_client import SSEClient
 
 from lurestream.config import config_from
@@ -25,30 +25,6 @@ STREAM = f"/api/v1/attackers/{A}/events"
 
 def _token():
     return mint_token(config_from({"jwt_secret": SECRET}), VIEWER)
-
-
-@pytest.fixture
-def start_server(tmp_path, nats_service, mongo_service, mongo, db_name):
-    """Start ``lurestream serve`` on the test's services and database, with extra settings."""
-    started = []
-
-    def start(**settings):
-        proc = ServerProcess(
-            str(tmp_path / f"server{len(started)}.log"),
-            nats_url=nats_service.url,
-            mongo_uri=mongo_service.url,
-            mongo_db=db_name,
-            jwt_secret=SECRET,
-            **settings,
-        )
-        started.append(proc)
-        proc.start()
-        proc.wait_ready()
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 @pytest.fixture

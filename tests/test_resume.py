@@ -7,8 +7,7 @@ import asyncio
 import json
 
 import pytest
-from harness import ATTACKER_A, ATTACKER_B, SECRET, VIEWER
-from processes import ServerProcess
+from harness import ATTACKER_A, ATTACKER_B, VIEWER
 from sse_client import SSEClient
 
 A = ATTACKER_A["_id"]
@@ -132,18 +131,9 @@ async def test_events_published_during_the_replay_are_neither_lost_nor_doubled(l
 
 @pytest.mark.gen_test(timeout=90)
 @pytest.mark.lurestream(jetstream=True)
-async def test_resume_on_another_server_process(ls, tmp_path, mongo_service, db_name):
-    other = ServerProcess(
-        str(tmp_path / "other.log"),
-        nats_url=ls.nats_url,
-        mongo_uri=mongo_service.url,
-        mongo_db=db_name,
-        jwt_secret=SECRET,
-        jetstream=ls.config.jetstream,
-    )
-    other.start()
+async def test_resume_on_another_server_process(ls, start_server):
+    other = start_server(jetstream=ls.config.jetstream)
     try:
-        other.wait_ready()
         client = await ls.attacker(A)
         await ls.publish_stored(SUBJECT, _payload(A, 0))
         last_id = (await client.next_event()).id
