@@ -70,9 +70,9 @@ def test_publish_rejects_a_payload_that_is_not_an_object(payload):
     assert result.returncode == 2 and "payload" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.gen_test(timeout=60)
-async def test_tail_prints_the_snapshot_and_events(ls):
-    proc = await asyncio.create_subprocess_exec(
+async def start_tail(ls, *args: str, **settings: object) -> asyncio.subprocess.Process:
+    """``lurestream tail attacker A`` against the test's server, with extra flags and settings."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "lurestream",
@@ -81,12 +81,16 @@ async def test_tail_prints_the_snapshot_and_events(ls):
         A,
         "--url",
         f"http://127.0.0.1:{ls.port}",
-        "--max-events",
-        "2",
-        env=lurestream_env(token=ls.token()),
+        *args,
+        env=lurestream_env(**settings),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_tail_prints_the_snapshot_and_events(ls):
+    proc = await start_tail(ls, "--max-events", "2", token=ls.token())
     await ls.wait_for(lambda: ls.hub.subscription_count == 1, 20, "tail to connect")
     await ls.publish("attacker.scored", {"attacker_uuid": A, "score": 42.5})
     await ls.publish("attacker.observation.ja3", {"attacker_uuid": A, "value": "<b>x</b>"})
@@ -100,21 +104,7 @@ async def test_tail_prints_the_snapshot_and_events(ls):
 
 @pytest.mark.gen_test(timeout=60)
 async def test_tail_with_a_bad_token_says_why_and_exits(ls):
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "lurestream",
-        "tail",
-        "attacker",
-        A,
-        "--url",
-        f"http://127.0.0.1:{ls.port}",
-        "--token",
-        "nope",
-        env=lurestream_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_tail(ls, "--token", "nope")
     _out, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 1
     assert "401" in err.decode() and "Could not validate credentials" in err.decode()
