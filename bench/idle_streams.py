@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
 import time
 
 from pymongo import MongoClient
+from serving import SECRET, serve
 
 from lurestream.config import config_from
 from lurestream.localservices import free_port, mongo_wire_server, nats_server, wait_port
 from lurestream.tokens import mint_token
 
-SECRET = "bench-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 BARE = r"""
 import asyncio, sys, tornado.web
 class H(tornado.web.RequestHandler):
@@ -96,18 +95,8 @@ def main() -> None:
             for i in range(args.streams)
         ]
         port = free_port()
-        env = dict(
-            os.environ,
-            LURESTREAM_PORT=str(port),
-            LURESTREAM_NATS_URL=nats_svc.url,
-            LURESTREAM_MONGO_URI=mongo_svc.url,
-            LURESTREAM_MONGO_DB="b",
-            LURESTREAM_JWT_SECRET=SECRET,
-            LURESTREAM_LOG_LEVEL="warning",
-        )
-        ours = subprocess.Popen([sys.executable, "-m", "lurestream", "serve"], env=env)
+        ours = serve(port, nats_svc.url, mongo_svc.url, "b")
         procs.append(ours)
-        wait_port(port, 20, ours)
         ours_before, ours_after = measure(ours.pid, port, paths)
         bare_port = free_port()
         bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)])

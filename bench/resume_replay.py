@@ -13,21 +13,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import nats
 from pymongo import MongoClient
+from serving import SECRET, serve
 
 from lurestream.config import config_from
-from lurestream.localservices import free_port, mongo_wire_server, nats_server, wait_port
+from lurestream.localservices import free_port, mongo_wire_server, nats_server
 from lurestream.tokens import mint_token
 
-SECRET = "bench-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 ATTACKER = "a-watched"
 
 
@@ -120,20 +118,15 @@ def main() -> None:
             )
         token = mint_token(config_from({"jwt_secret": SECRET}), "u", ttl=3600)
         port = free_port()
-        env = dict(
-            os.environ,
-            LURESTREAM_PORT=str(port),
-            LURESTREAM_NATS_URL=nats_svc.url,
-            LURESTREAM_MONGO_URI=mongo_svc.url,
-            LURESTREAM_MONGO_DB="b",
-            LURESTREAM_JWT_SECRET=SECRET,
-            LURESTREAM_JETSTREAM="bench",
-            LURESTREAM_REPLAY_MAX=str(max(args.gaps)),
-            LURESTREAM_REPLAY_MEMORY=str(args.memory),
-            LURESTREAM_LOG_LEVEL="warning",
+        proc = serve(
+            port,
+            nats_svc.url,
+            mongo_svc.url,
+            "b",
+            jetstream="bench",
+            replay_max=max(args.gaps),
+            replay_memory=args.memory,
         )
-        proc = subprocess.Popen([sys.executable, "-m", "lurestream", "serve"], env=env)
-        wait_port(port, 20, proc)
         time.sleep(1.0)
         rows = asyncio.run(run(args, port, nats_svc.url, token))
         base = rows[0][1]

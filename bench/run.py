@@ -39,11 +39,12 @@ from pymongo import MongoClient
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from serving import SECRET, serve  # noqa: E402
+
 from lurestream.config import config_from  # noqa: E402
 from lurestream.localservices import free_port, mongo_wire_server, nats_server, wait_port  # noqa: E402
 from lurestream.tokens import mint_token  # noqa: E402
 
-SECRET = "bench-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 ATTACKERS = 1000
 PER_LOADGEN = 15000  # connections per load generator process (each has ~20,000 open files)
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
@@ -112,23 +113,18 @@ def seed(mongo_url: str, users: int) -> list[str]:
 
 def start_lurestream(nats_url: str, mongo_url: str, processes: int, work: str) -> Server:
     port = free_port()
-    env = dict(
-        os.environ,
-        LURESTREAM_PORT=str(port),
-        LURESTREAM_NATS_URL=nats_url,
-        LURESTREAM_MONGO_URI=mongo_url,
-        LURESTREAM_MONGO_DB="bench",
-        LURESTREAM_JWT_SECRET=SECRET,
-        LURESTREAM_SSE_MAX_PER_USER="1000",
-        LURESTREAM_PROCESSES=str(processes),
-        LURESTREAM_QUEUE_MAX="1024",
-        LURESTREAM_JETSTREAM="bench",  # ids, resume, and snapshot reads shared across a storm
-        LURESTREAM_DRAIN_SECONDS="0",
-        LURESTREAM_LOG_LEVEL="warning",
+    proc = serve(
+        port,
+        nats_url,
+        mongo_url,
+        "bench",
+        open(os.path.join(work, "lurestream.log"), "ab"),
+        sse_max_per_user=1000,
+        processes=processes,
+        queue_max=1024,
+        jetstream="bench",  # ids, resume, and snapshot reads shared across a storm
+        drain_seconds=0,
     )
-    log = open(os.path.join(work, "lurestream.log"), "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "lurestream", "serve"], env=env, stdout=log, stderr=log)
-    wait_port(port, 30, proc)
     time.sleep(1.5)
     return Server("lurestream" if processes == 1 else f"lurestream ×{processes}", port, proc, "nats")
 
