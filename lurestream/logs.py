@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from lurestream.redact import RedactingFilter, redact
+from lurestream.redact import RedactingFilter, redact, redact_url
 
 access_log = logging.getLogger("tornado.access")
 
@@ -63,7 +63,7 @@ def access_log_function(handler: Any) -> None:
         log_method = access_log.error
     request = handler.request
     duration_ms = 1000.0 * request.request_time()
-    path = redact(request.uri or "")
+    path = redact_url(request.uri or "")
     identity = getattr(handler, "identity", None)
     extra = {
         "method": request.method,

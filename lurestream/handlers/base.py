@@ -15,7 +15,7 @@ import tornado.web
 
 from lurestream.auth import INVALID_CREDENTIALS, NOT_AUTHENTICATED, Authenticator, AuthError, Identity
 from lurestream.config import Config
-from lurestream.redact import redact
+from lurestream.redact import redact, redact_url
 from lurestream.store import StoreUnavailable
 
 log = logging.getLogger("lurestream.handlers")
@@ -108,7 +108,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def _request_summary(self) -> str:
         # Tornado's warning/error lines print the URI; keep credentials out of them.
-        return f"{self.request.method} {redact(self.request.uri or '')} ({self.request.remote_ip})"
+        return f"{self.request.method} {redact_url(self.request.uri or '')} ({self.request.remote_ip})"
 
 
 class NotFoundHandler(BaseHandler):
