@@ -127,6 +127,27 @@ def _scaled(units: dict[str, int], what: str, example: str) -> Callable[[str], i
     return parse
 
 
+def _size(low: int) -> Callable[[str], int]:
+    """A byte count: ``4096``, ``4KiB``, ``1MiB``, ``500MB``; at least ``low``."""
+    parse_scaled = _scaled(_SIZE_UNITS, "a size", "4096, 16KiB or 1MiB")
+
+    def parse(raw: str) -> int:
+        value = 0 if raw.strip() == "0" else parse_scaled(raw)
+        if value < low:
+            raise ValueError(f"must be at least {low} bytes, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _rate(raw: str) -> tuple[int, float]:
+    """``N/<duration>`` (``30/60s``, ``100/1m``): at most N events in any window of that duration."""
+    count, slash, window = raw.strip().partition("/")
+    if not slash or not count.strip().isdigit() or int(count) < 1:
+        raise ValueError(f"expected N/<duration> such as 30/60s, got {raw!r}")
+    return int(count), float(_scaled(_DURATION_UNITS, "a duration", "60s or 1m")(window))
+
+
 def _mongo_uri(raw: str) -> str:
     value = raw.strip()
     if not value.startswith(("mongodb://", "mongodb+srv://")):
@@ -195,6 +216,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "log level"),
     Setting("log_format", "text", _choice("text", "json"), "text, or json for one object a line"),
     Setting("dev_insecure", "false", _bool, "DEV ONLY: accept a short JWT secret, or run with a random one"),
+    # SPEC §11: what a client or a bus message may cost
+    Setting("max_header_bytes", "16KiB", _size(1024), "request line + headers, at most (else 431)"),
+    Setting("max_url_bytes", "8KiB", _size(256), "path + query, at most (else 414)"),
+    Setting("max_id_length", "128", _int(1, 4096), "longest attacker or topology id looked up (longer: 404)"),
+    Setting("max_body_bytes", "4KiB", _size(0), "request body, at most (else 413 before it is read)"),
+    Setting("header_timeout_seconds", "10", _float(0), "complete request headers (and body) within this"),
+    Setting("idle_timeout_seconds", "60", _float(0), "close a kept-alive connection idle this long"),
+    Setting("max_connections_per_ip", "0", _int(0), "open connections per client address (0 = no bound)"),
+    Setting("max_message_bytes", "1MiB", _size(1024), "bus messages larger than this are malformed"),
+    Setting("stream_buffer_bytes", "1MiB", _size(4096), "bytes queued for one stream before it is closed as lagging"),
+    Setting("replay_memory_bytes", "64MiB", _size(0), "bytes of recent events kept for resumes, at most"),
+    Setting("mint_rate", "30/60s", _rate, "ticket and session mints per user per process (N/<duration>)"),
 )
 
 
@@ -238,6 +271,17 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
     dev_insecure: bool = False
+    max_header_bytes: int = 16 * 1024
+    max_url_bytes: int = 8 * 1024
+    max_id_length: int = 128
+    max_body_bytes: int = 4 * 1024
+    header_timeout_seconds: float = 10.0
+    idle_timeout_seconds: float = 60.0
+    max_connections_per_ip: int = 0
+    max_message_bytes: int = 2**20
+    stream_buffer_bytes: int = 2**20
+    replay_memory_bytes: int = 64 * 2**20
+    mint_rate: tuple[int, float] = (30, 60.0)
     jwt_public_key: str = field(default="", repr=False)
     jwt_secret_ephemeral: bool = False
 

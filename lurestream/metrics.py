@@ -95,6 +95,12 @@ class Metrics:
             multiprocess_mode="livemin",
             registry=registry,
         )
+        self.http_refused = Counter(
+            "lurestream_http_refused_total",
+            "Requests or connections refused or closed at the HTTP edge, by reason (SPEC §11)",
+            ["reason"],
+            registry=registry,
+        )
         self._family = {f: self.bus_messages.labels(f) for f in FAMILIES}
         self._other_family = self.bus_messages.labels("other")
 

@@ -21,12 +21,12 @@ from typing import Any
 import tornado.web
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from lurestream.auth import Authenticator
 from lurestream.cache import TTLCache
 from lurestream.config import Config
+from lurestream.edge import ConnectionCounter, EdgeLimits, EdgeServer
 from lurestream.handlers import all_handlers
 from lurestream.handlers.base import NotFoundHandler
 from lurestream.hub import Hub
@@ -60,6 +60,7 @@ class Services:
     tracer: Tracer
     snapshots: SnapshotReads
     resources: TTLCache[dict[str, Any] | None]
+    connections: ConnectionCounter
 
     @classmethod
     def build(
@@ -89,6 +90,7 @@ class Services:
             tracer or trace.get_tracer("lurestream"),
             SnapshotReads(the_hub, metrics=metrics),
             TTLCache(1.0),  # attacker / topology documents, read when a stream opens
+            ConnectionCounter(config.max_connections_per_ip),
         )
 
 
@@ -121,6 +123,31 @@ def make_app(services: Services, **settings: Any) -> tornado.web.Application:
     return tornado.web.Application(all_handlers(route_services), **app_settings)
 
 
+def edge_limits(config: Config) -> EdgeLimits:
+    return EdgeLimits(
+        max_header_bytes=config.max_header_bytes,
+        max_url_bytes=config.max_url_bytes,
+        max_body_bytes=config.max_body_bytes,
+        header_timeout=config.header_timeout_seconds,
+        idle_timeout=config.idle_timeout_seconds,
+        max_connections_per_ip=config.max_connections_per_ip,
+    )
+
+
+def make_server(app: tornado.web.Application, services: Services) -> EdgeServer:
+    """The HTTP server for ``app``, with the edge bounds of SPEC §11 (used by ``serve`` and the tests)."""
+    config = services.config
+    refused = services.metrics.http_refused
+    return EdgeServer(
+        app,
+        xheaders=config.trust_proxy_headers,
+        limits=edge_limits(config),
+        connections=services.connections,
+        on_refusal=lambda reason: refused.labels(reason).inc(),
+        cors_origins=config.cors_origins,
+    )
+
+
 def raise_fd_limit() -> tuple[int, int]:
     """Raise the soft open-files limit to the hard limit (each stream is a socket)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -147,7 +174,7 @@ async def serve(config: Config, sockets: list[Any] | None = None, ready: asyncio
     services = Services.build(config)
     await services.hub.start()
     app = make_app(services)
-    server = HTTPServer(app, xheaders=config.trust_proxy_headers)
+    server = make_server(app, services)
     if sockets is None:
         sockets = bind_sockets(config.port, config.host, reuse_port=False, backlog=LISTEN_BACKLOG)
     server.add_sockets(sockets)

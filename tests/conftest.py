@@ -26,7 +26,7 @@ from processes import ServerProcess  # noqa: E402
 
 from lurestream.config import Config, config_from  # noqa: E402
 from lurestream.localservices import LocalService, mongo_wire_server, nats_server  # noqa: E402
-from lurestream.server import Services, make_app  # noqa: E402
+from lurestream.server import Services, make_app, make_server  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -193,6 +193,16 @@ def services(config: Config, io_loop: Any, mongo: Any, request: pytest.FixtureRe
 @pytest.fixture
 def app(services: Services, request: pytest.FixtureRequest) -> Any:
     return make_app(services, **_marker_kwargs(request, "app_settings"))
+
+
+@pytest.fixture
+def http_server(request: pytest.FixtureRequest, io_loop: Any, _unused_port: Any, app: Any, services: Services) -> Any:
+    """pytest-tornado's fixture, but the server is the one ``lurestream serve`` runs (with its edge)."""
+    server = make_server(app, services)
+    server.add_socket(_unused_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=request.config.option.async_test_timeout)
 
 
 @pytest.fixture

@@ -171,8 +171,9 @@ async def standalone(
 ) -> Any:
     """An app of the test's own (outside the ``ls`` fixture), for tests that stop or restart a service;
     it ends with the same leak guard."""
-    from tornado.httpserver import HTTPServer
     from tornado.testing import bind_unused_port
+
+    from lurestream.server import make_server
 
     config = config_from(
         {"nats_url": nats_url, "mongo_uri": mongo_uri, "mongo_db": db_name, "jwt_secret": SECRET, **(settings or {})}
@@ -181,7 +182,7 @@ async def standalone(
     services.hub.reconnect_wait = 0.2
     await services.hub.start()
     sock, http_port = bind_unused_port()
-    server = HTTPServer(make_app(services, **app_settings))
+    server = make_server(make_app(services, **app_settings), services)
     server.add_socket(sock)
     harness = Harness(services, http_port, mongo, nats_url)
     try:

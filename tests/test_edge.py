@@ -1,0 +1,182 @@
+"""The HTTP edge (SPEC §11): oversized heads, URLs and bodies, slow and idle clients, per-address caps.
+
+Every refusal is a JSON ``{"detail": ...}`` reply the client can read (a lingering close, not a reset),
+costs no store query and is counted in ``/metrics``; none of it can stall the process — a stream of
+another user keeps receiving throughout (checked where it matters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from harness import ATTACKER_A
+
+A = ATTACKER_A["_id"]
+
+
+async def raw_exchange(
+    port: int, data: bytes, timeout: float = 10.0, then_wait: bool = True
+) -> tuple[int, dict[str, str], bytes, float]:
+    """Send ``data`` on a fresh connection and read one response: status, headers, body, seconds taken."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            if ":" in line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        body = b""
+        if "content-length" in headers:
+            body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), timeout)
+        return int(status_line.split()[1]), headers, body, time.monotonic() - started
+    finally:
+        writer.close()
+
+
+def get(path: str, extra: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode()
+
+
+async def assert_closed(reader: asyncio.StreamReader, within: float) -> None:
+    """The server closes the connection within ``within`` seconds (what it sends first is ignored)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        assert remaining > 0, f"connection still open after {within}s"
+        try:
+            chunk = await asyncio.wait_for(reader.read(65536), remaining)
+        except ConnectionResetError:
+            return
+        if not chunk:
+            return
+
+
+def refused(ls, reason: str) -> float:
+    return ls.services.metrics.http_refused.labels(reason)._value.get()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_oversized_headers_get_431(ls):
+    status, headers, body, took = await raw_exchange(ls.port, get("/healthz", "X-Big: " + "a" * 100_000 + "\r\n"))
+    assert status == 431, "an oversized head was answered with a bare close before"
+    assert json.loads(body) == {"detail": "Request header fields too large"}
+    assert headers["content-type"] == "application/json" and headers["x-content-type-options"] == "nosniff"
+    assert took < 2
+    assert refused(ls, "header_too_large") == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_long_urls_get_414_at_once_and_never_stall_other_streams(ls):
+    """The 40 KB URL that froze the process for 32 s: a 414 in milliseconds, and a live stream of
+    another client keeps receiving meanwhile."""
+    watcher = await ls.attacker(A)
+    for url in ("/healthz?" + "a" * 40_000, f"/api/v1/attackers/{'x' * 60_000}/events", "/healthz?" + "b" * 9_000):
+        status, _h, body, took = await raw_exchange(ls.port, get(url))
+        assert status == 414 and json.loads(body) == {"detail": "URI too long"}, (url[:20], status)
+        assert took < 1.0, f"414 took {took:.2f}s"
+    await ls.publish("attacker.observation.ja3", {"attacker_uuid": A, "value": "v"})
+    assert (await watcher.next_event(5)).event == "observation"
+    assert refused(ls, "uri_too_long") == 3
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_huge_declared_body_gets_413_before_any_of_it_is_read(ls):
+    for method, path in (("POST", "/api/v1/auth/sse-ticket"), ("GET", "/healthz")):
+        head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 90000000\r\n\r\n".encode()
+        status, _h, body, took = await raw_exchange(ls.port, head + b"x" * 1000)
+        assert status == 413, (path, status)
+        assert json.loads(body)["detail"].startswith("Request body too large")
+        assert took < 1.0
+    head = b"POST /api/v1/auth/sse-ticket HTTP/1.1\r\nHost: x\r\nContent-Length: 4097\r\n\r\n"
+    assert (await raw_exchange(ls.port, head))[0] == 413, "the bound is 4 KiB"
+    ok = b"POST /api/v1/auth/sse-ticket HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    assert (await raw_exchange(ls.port, ok))[0] == 401, "a small body passes the edge (then needs credentials)"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_chunked_or_malformed_bodies_and_heads_get_json_4xx(ls):
+    chunked = b"POST /api/v1/auth/sse-ticket HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    status, _h, body, _t = await raw_exchange(ls.port, chunked)
+    assert status == 411 and "Content-Length" in json.loads(body)["detail"]
+    for length in ("12abc", "-1", "1, 2", "9" * 40):
+        head = f"POST /api/v1/auth/sse-ticket HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode()
+        status, headers, body, _t = await raw_exchange(ls.port, head)
+        assert status == 400 and headers["content-type"] == "application/json", length
+    status, headers, body, _t = await raw_exchange(ls.port, b"GARBAGE\r\n\r\n")
+    assert status == 400 and json.loads(body)["detail"].startswith("Bad request"), "was a bare 400 with no body"
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(header_timeout_seconds=0.5, idle_timeout_seconds=30)
+async def test_slow_or_silent_clients_are_closed_after_the_header_timeout(ls):
+    reader, writer = await asyncio.open_connection("127.0.0.1", ls.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # a slowloris: never finishes
+    started = time.monotonic()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 408 "), head
+    await assert_closed(reader, 3)
+    assert time.monotonic() - started < 2.5
+    writer.close()
+    silent_reader, silent = await asyncio.open_connection("127.0.0.1", ls.port)  # sends nothing at all
+    await assert_closed(silent_reader, 3)
+    silent.close()
+    assert refused(ls, "header_timeout") == 2
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(header_timeout_seconds=0.5, idle_timeout_seconds=1.5)
+async def test_kept_alive_connections_idle_then_close_but_a_begun_head_must_finish(ls):
+    reader, writer = await asyncio.open_connection("127.0.0.1", ls.port)
+    for _ in range(2):  # idle longer than the header timeout between requests: still served
+        writer.write(get("/healthz"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        await asyncio.sleep(0.9)
+    started = time.monotonic()
+    await assert_closed(reader, 4)  # then idle past the idle timeout: closed
+    assert 0.3 < time.monotonic() - started < 3
+    writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", ls.port)
+    writer.write(get("/healthz"))
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHo")  # a second request begins and stalls
+    started = time.monotonic()
+    await assert_closed(reader, 4)
+    assert time.monotonic() - started < 1.4, "a begun head gets the header timeout, not the idle timeout"
+    writer.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(max_connections_per_ip=3)
+async def test_connections_per_address_are_capped_and_released(ls):
+    held = [await asyncio.open_connection("127.0.0.1", ls.port) for _ in range(3)]
+    await ls.wait_for(lambda: ls.services.connections.count("127.0.0.1") == 3)
+    status, headers, body, _t = await raw_exchange(ls.port, get("/healthz"))
+    assert status == 429 and json.loads(body) == {"detail": "Too many connections from this address"}
+    assert headers["retry-after"] == "1"
+    held.pop()[1].close()
+    await ls.wait_for(lambda: ls.services.connections.count("127.0.0.1") == 2)
+    assert (await raw_exchange(ls.port, get("/healthz")))[0] == 200
+    for _reader, writer in held:
+        writer.close()
+    await ls.wait_for(lambda: ls.services.connections.total == 0, what="every connection uncounted")
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(max_connections_per_ip=2)
+async def test_an_open_stream_keeps_its_connection_counted_until_it_ends(ls):
+    stream = await ls.attacker(A)
+    assert ls.services.connections.count("127.0.0.1") == 1
+    stream.close()
+    await ls.wait_for(lambda: ls.services.connections.count("127.0.0.1") == 0, what="the stream's count released")
