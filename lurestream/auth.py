@@ -81,6 +81,10 @@ class Authenticator:
         self._revocations: TTLCache[bool] = TTLCache(config.auth_cache_seconds)
         self._verified: TTLCache[dict[str, Any]] = TTLCache(config.auth_cache_seconds, max_entries=20_000)
 
+    def caches(self) -> tuple[TTLCache[Any], ...]:
+        """The look-up caches, for the process's housekeeping to purge."""
+        return (self._users, self._revocations, self._verified)
+
     def _key_for(self, alg: str) -> str:
         return self.config.jwt_secret if alg.startswith("HS") else self.config.jwt_public_key
 
@@ -111,6 +115,12 @@ class Authenticator:
             )
         except jwt.PyJWTError as exc:
             raise AuthError(401, INVALID_CREDENTIALS, f"invalid token: {exc.__class__.__name__}") from None
+        for claim in ("exp", "iat", "nbf"):  # pyjwt accepts "123" strings; a number is what we compare
+            value = claims.get(claim)
+            if claim in claims and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise AuthError(401, INVALID_CREDENTIALS, f"claim {claim} is not a number")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise AuthError(401, INVALID_CREDENTIALS, f"claim {claim} is not a finite number")
         if claims.get("typ") != cfg.jwt_type:
             raise AuthError(401, INVALID_CREDENTIALS, "wrong token type")
         for claim in ("uuid", "jti"):

@@ -1,6 +1,10 @@
 """A small per-process TTL cache (SPEC §5: user and revocation look-ups may be cached ≤ 10 s).
 
-Bounded: when full, the oldest entries go first. Time comes from ``time.monotonic``.
+Bounded: when full, the oldest entries go first, and expired entries are dropped by ``purge()``, which
+the process's housekeeping calls every second (SPEC §11) — not only when the same key is asked again,
+or a flood of distinct keys would stay in memory. Entries are kept in expiry order (one TTL per
+cache, refreshed entries move to the end), so a purge touches only what has expired.
+Time comes from ``time.monotonic``.
 """
 
 from __future__ import annotations
@@ -46,6 +50,19 @@ class TTLCache(Generic[V]):
             value = await load()
             self.set(key, value)
         return value
+
+    def purge(self) -> int:
+        """Drop every expired entry; returns how many went."""
+        now = time.monotonic()
+        data = self._data
+        dropped = 0
+        while data:
+            expires, _value = next(iter(data.values()))
+            if expires > now:
+                break
+            data.popitem(last=False)
+            dropped += 1
+        return dropped
 
     def __len__(self) -> int:
         return len(self._data)

@@ -111,14 +111,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(config: Config) -> int:
+    from lurestream.listening import StartupError
+
     setup_logging(config.log_level, config.log_format)
-    if config.processes != 1:
-        from lurestream.workers import run_workers
+    try:
+        if config.processes != 1:  # before anything imports prometheus-client (see workers)
+            from lurestream.workers import run_workers
 
-        return run_workers(config)
-    from lurestream.server import serve
+            return run_workers(config)
+        from lurestream.server import serve
 
-    asyncio.run(serve(config))
+        asyncio.run(serve(config))
+    except StartupError as exc:
+        print(f"lurestream: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -45,6 +45,11 @@ def seed(client: Any, db_name: str) -> None:
     """A small realistic data set (synchronous PyMongo: the demo seeds before the server starts)."""
     db = client[db_name]
     now = datetime.now(timezone.utc)
+    from lurestream.store.mongo import INDEXES
+
+    for collection, specs in INDEXES.items():  # what `lurestream init-db` creates, TTL indexes included
+        for keys, options in specs:
+            db[collection].create_index(keys, **options)
     db.users.insert_many(
         [
             {"_id": VIEWER_UUID, "username": "analyst", "role": "viewer", "must_change_password": False},
@@ -210,14 +215,14 @@ def banner(config: Config, port: int) -> str:
 def run_demo(port: int = 8700, rate: float = 3.0, duration: float = 0) -> int:
     """Run the whole demo in the foreground; returns the exit status."""
     from pymongo import MongoClient
-    from tornado.netutil import bind_sockets
 
-    from lurestream.server import LISTEN_BACKLOG, serve
+    from lurestream.listening import StartupError, listen
+    from lurestream.server import serve
 
     try:  # bind first: a busy port is the commonest failure, so say so before starting anything
-        sockets = bind_sockets(port, "127.0.0.1", backlog=LISTEN_BACKLOG)
-    except OSError as exc:
-        print(f"lurestream demo: cannot listen on port {port} ({exc.strerror}); try --port 0 for any free port")
+        sockets = listen("127.0.0.1", port, reuse_port=False)
+    except StartupError as exc:
+        print(f"lurestream demo: {exc}; try --port 0 for any free port")
         return 1
     port = sockets[0].getsockname()[1]
     workdir = tempfile.mkdtemp(prefix="lurestream-demo-")

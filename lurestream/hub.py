@@ -20,7 +20,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -37,6 +36,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from lurestream import jetstream, sse
+from lurestream.envelope import DEFAULT_MAX_BYTES, Envelope, MalformedMessage, decode_envelope
 from lurestream.metrics import Metrics
 from lurestream.redact import redact
 from lurestream.routing import SUBJECT_FAMILIES, Key, Route, route
@@ -47,10 +47,6 @@ log = logging.getLogger("lurestream.hub")
 BUS_DISABLED = "disabled"
 BUS_CONNECTED = "connected"
 BUS_DISCONNECTED = "disconnected"
-
-
-class MalformedMessage(ValueError):
-    """A bus body that breaks SPEC §6; the message is skipped."""
 
 
 @dataclass
@@ -85,36 +81,6 @@ class Resume:
 
     items: list[Item]
     failed: str | None = None
-
-
-@dataclass(frozen=True)
-class Envelope:
-    topic: str
-    type: str
-    ts: float
-    payload: dict[str, Any]
-
-
-def decode_envelope(subject: str, data: bytes, now: float | None = None) -> Envelope:
-    """Parse a bus body (SPEC §6); the topic always comes from the subject, never from the body."""
-    try:
-        body = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedMessage(f"not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise MalformedMessage(f"not a JSON object but {type(body).__name__}")
-    payload = body.get("payload", {})
-    if not isinstance(payload, dict):
-        raise MalformedMessage(f"payload is {type(payload).__name__}, not an object")
-    type_ = body.get("type", "")
-    if not isinstance(type_, str):
-        raise MalformedMessage(f"type is {type(type_).__name__}, not a string")
-    ts = body.get("ts")
-    if ts is None:
-        ts = time.time() if now is None else now
-    elif isinstance(ts, bool) or not isinstance(ts, (int, float)):
-        raise MalformedMessage(f"ts is {type(ts).__name__}, not a number")
-    return Envelope(subject, type_, float(ts), payload)
 
 
 def _item(target: Route, env: Envelope, seq: int) -> Item:
@@ -156,8 +122,11 @@ class Hub:
         replay_max: int = 10000,
         replay_memory: int = -1,
         metrics: Metrics | None = None,
+        max_message_bytes: int = DEFAULT_MAX_BYTES,
+        replay_memory_bytes: int = 64 * 2**20,
     ) -> None:
         self.nats_url = nats_url
+        self.max_message_bytes = max_message_bytes
         self.queue_max = queue_max
         self.jetstream = jetstream
         self.stream_config = stream_config  # creates the stream when it is missing
@@ -168,6 +137,8 @@ class Hub:
         self._recent_floor: int | None = None
         # how many routed events are kept for resumes: replay_max, or fewer if the stream keeps fewer
         self.recent_max = replay_max if replay_memory < 0 else min(replay_memory, replay_max)
+        self.recent_max_bytes = replay_memory_bytes
+        self._recent_bytes = 0
         self._live_from = 0  # the first sequence streams receive; earlier ones only fill _recent
         self._caught_up = asyncio.Event()
         self._js: JetStreamContext | None = None
@@ -184,6 +155,7 @@ class Hub:
         self._connector: asyncio.Task[None] | None = None
         self._closing = False
         self._malformed_log = _RateLimitedLog()
+        self._bus_log = _RateLimitedLog(60.0)  # SPEC §11: a bus that stays down is logged once a minute
 
     # -- streams -------------------------------------------------------------------------------
     def subscribe(self, keys: Iterable[Key]) -> Subscription:
@@ -265,7 +237,7 @@ class Hub:
             if seq + 1 >= self._live_from:
                 self._caught_up.set()
         try:
-            env = decode_envelope(subject, data)
+            env = decode_envelope(subject, data, max_bytes=self.max_message_bytes)
         except MalformedMessage as exc:
             self.stats.malformed += 1
             if metrics is not None:
@@ -296,13 +268,15 @@ class Hub:
         return delivered
 
     def _remember(self, seq: int, key: Key, item: Item) -> None:
+        """Keep a routed event for resumes, within ``recent_max`` events and ``recent_max_bytes`` bytes
+        (SPEC §11: 200 messages of 900 KB must not cost every process 345 MB)."""
         recent = self._recent
-        if len(recent) >= self.recent_max:
-            if not recent:  # replay_max == 0: nothing is kept
-                self._recent_floor = seq
-                return
-            self._recent_floor = recent.popleft()[0]
         recent.append((seq, key, item))
+        self._recent_bytes += len(item[1])
+        while recent and (len(recent) > self.recent_max or self._recent_bytes > self.recent_max_bytes):
+            old_seq, _key, old = recent.popleft()
+            self._recent_bytes -= len(old[1])
+            self._recent_floor = old_seq
 
     async def _message_cb(self, msg: Msg) -> None:
         self.dispatch(msg.subject, msg.data)
@@ -382,7 +356,7 @@ class Hub:
 
     def _replay_item(self, msg: Msg, wanted: set[Key]) -> Item | None:
         try:
-            env = decode_envelope(msg.subject, msg.data)
+            env = decode_envelope(msg.subject, msg.data, max_bytes=self.max_message_bytes)
         except MalformedMessage:
             return None
         target = route(msg.subject, env.payload)
@@ -444,8 +418,9 @@ class Hub:
                 raise
             except Exception as exc:  # nats.py raises a variety (NoServersError, OSError, TimeoutError)
                 attempt += 1
-                if attempt == 1 or attempt % 30 == 0:
-                    log.warning("NATS unreachable at %s (%s); retrying in the background", redact(self.nats_url), exc)
+                self._bus_log.warning(
+                    "NATS unreachable at %s (%s); retrying in the background", redact(self.nats_url), exc
+                )
                 await asyncio.sleep(min(self.reconnect_wait * attempt, 5.0))
                 continue
             url = nc.connected_url
@@ -519,12 +494,12 @@ class Hub:
         return True
 
     async def _error_cb(self, exc: Exception) -> None:
-        log.warning("NATS error: %s", exc)
+        self._bus_log.warning("NATS error: %s", exc)
 
     async def _disconnected_cb(self) -> None:
         self._set_connected(False)
         if not self._closing:
-            log.warning("NATS disconnected; reconnecting in the background")
+            self._bus_log.warning("NATS disconnected; reconnecting in the background")
 
     async def _reconnected_cb(self) -> None:
         self.stats.reconnects += 1

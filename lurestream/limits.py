@@ -1,10 +1,14 @@
-"""Per-user connection slots (SPEC §5.4): an object the Application owns, one per process.
+"""Per-user limits, objects the Application owns (one per process): connection slots (SPEC §5.4) and
+the ticket/session mint rate (SPEC §11).
 
 A slot is taken before the 200 and given back when the stream ends for any reason; ``held`` lets the
 tests' leak guard check nothing stays taken.
 """
 
 from __future__ import annotations
+
+import math
+import time
 
 
 class ConnectionLimiter:
@@ -33,3 +37,42 @@ class ConnectionLimiter:
         if uuid is None:
             return sum(self._held.values())
         return self._held.get(uuid, 0)
+
+
+class MintRate:
+    """At most ``count`` mints per user in any ``window`` seconds (a token bucket per user).
+
+    A bucket refills continuously, so a user who waits gets mints back steadily rather than all at
+    the end of a window. Full buckets are forgotten by ``purge()`` (housekeeping), so memory follows
+    the users minting right now, not every user ever seen.
+    """
+
+    def __init__(self, count: int, window: float) -> None:
+        self.count = count
+        self.per_second = count / window
+        self._buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, at)
+
+    def take(self, user: str, now: float | None = None) -> float:
+        """0 when a mint is allowed (and counted), else the seconds until the next one is."""
+        now = time.monotonic() if now is None else now
+        tokens, at = self._buckets.get(user, (float(self.count), now))
+        tokens = min(float(self.count), tokens + (now - at) * self.per_second)
+        if tokens < 1.0:
+            self._buckets[user] = (tokens, now)
+            return (1.0 - tokens) / self.per_second
+        self._buckets[user] = (tokens - 1.0, now)
+        return 0.0
+
+    @staticmethod
+    def retry_after(seconds: float) -> str:
+        return str(max(1, math.ceil(seconds)))
+
+    def purge(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        full = [u for u, (tokens, at) in self._buckets.items() if tokens + (now - at) * self.per_second >= self.count]
+        for user in full:
+            del self._buckets[user]
+        return len(full)
+
+    def __len__(self) -> int:
+        return len(self._buckets)

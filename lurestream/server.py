@@ -21,7 +21,7 @@ from typing import Any
 import tornado.web
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
-from tornado.netutil import bind_sockets
+from tornado.ioloop import PeriodicCallback
 
 from lurestream.auth import Authenticator
 from lurestream.cache import TTLCache
@@ -31,7 +31,8 @@ from lurestream.handlers import all_handlers
 from lurestream.handlers.base import NotFoundHandler
 from lurestream.hub import Hub
 from lurestream.jetstream import stream_config
-from lurestream.limits import ConnectionLimiter
+from lurestream.limits import ConnectionLimiter, MintRate
+from lurestream.listening import listen
 from lurestream.logs import access_log_function
 from lurestream.metrics import Metrics
 from lurestream.redact import redact
@@ -42,9 +43,7 @@ from lurestream.subscription import DRAINING
 
 log = logging.getLogger("lurestream.server")
 
-# Tornado's default accept backlog is 128: a reconnect storm overflows it, dropped SYNs are retried after
-# 1, 3, 7… s, and connects take tens of seconds. The kernel caps it at net.core.somaxconn.
-LISTEN_BACKLOG = 4096
+HOUSEKEEPING_SECONDS = 1.0
 
 
 @dataclass
@@ -61,6 +60,8 @@ class Services:
     snapshots: SnapshotReads
     resources: TTLCache[dict[str, Any] | None]
     connections: ConnectionCounter
+    mint_rate: MintRate
+    _housekeeping: PeriodicCallback | None = None
 
     @classmethod
     def build(
@@ -79,6 +80,8 @@ class Services:
             replay_max=config.replay_max,
             replay_memory=config.replay_memory,
             metrics=metrics,
+            max_message_bytes=config.max_message_bytes,
+            replay_memory_bytes=config.replay_memory_bytes,
         )
         return cls(
             config,
@@ -91,7 +94,29 @@ class Services:
             SnapshotReads(the_hub, metrics=metrics),
             TTLCache(1.0),  # attacker / topology documents, read when a stream opens
             ConnectionCounter(config.max_connections_per_ip),
+            MintRate(*config.mint_rate),
         )
+
+    async def start(self) -> None:
+        """Start what runs in the background: the hub's bus connection and the housekeeping sweep."""
+        await self.hub.start()
+        self._housekeeping = PeriodicCallback(self.housekeep, HOUSEKEEPING_SECONDS * 1000)
+        self._housekeeping.start()
+
+    def housekeep(self) -> None:
+        """Once a second: drop expired cache entries and idle rate buckets (SPEC §11: bounded memory
+        does not wait for the same key to be asked again)."""
+        for cache in (*self.auth.caches(), self.resources):
+            cache.purge()
+        self.mint_rate.purge()
+
+    async def close(self) -> None:
+        """Stop in reverse order of start: housekeeping, the hub (every stream ends), the store."""
+        if self._housekeeping is not None:
+            self._housekeeping.stop()
+            self._housekeeping = None
+        await self.hub.close()
+        await self.store.close()
 
 
 def make_app(services: Services, **settings: Any) -> tornado.web.Application:
@@ -107,6 +132,7 @@ def make_app(services: Services, **settings: Any) -> tornado.web.Application:
         tracer=services.tracer,
         snapshots=services.snapshots,
         resources=services.resources,
+        mint_rate=services.mint_rate,
     )
     app_settings: dict[str, Any] = dict(
         keepalive_seconds=config.keepalive_seconds,
@@ -171,12 +197,12 @@ async def serve(config: Config, sockets: list[Any] | None = None, ready: asyncio
         log.warning("LURESTREAM_DEV_INSECURE is on: the JWT secret is not checked for strength")
     soft, _hard = raise_fd_limit()
     log.info("open-files limit %d (about %d streams)", soft, max(soft - 64, 0))
+    if sockets is None:  # first: a busy port is the commonest start-up failure; say so before connecting
+        sockets = listen(config.host, config.port, reuse_port=False)
     services = Services.build(config)
-    await services.hub.start()
+    await services.start()
     app = make_app(services)
     server = make_server(app, services)
-    if sockets is None:
-        sockets = bind_sockets(config.port, config.host, reuse_port=False, backlog=LISTEN_BACKLOG)
     server.add_sockets(sockets)
     ports = sorted({s.getsockname()[1] for s in sockets})
     log.info(
@@ -188,6 +214,7 @@ async def serve(config: Config, sockets: list[Any] | None = None, ready: asyncio
         config.mongo_db,
         config.mongo_driver,
     )
+    asyncio.ensure_future(warn_missing_ttl_indexes(services.store))
     signals = Signals()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -203,9 +230,23 @@ async def serve(config: Config, sockets: list[Any] | None = None, ready: asyncio
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await services.hub.close()
-        await services.store.close()
+        await services.close()
     log.info("lurestream stopped")
+
+
+async def warn_missing_ttl_indexes(store: Store) -> None:
+    """SPEC §11: expired tickets and sessions pile up without their TTL index; say so at start-up."""
+    try:
+        missing = await store.missing_ttl_indexes()
+    except Exception as exc:  # the store may be down at start-up; readiness reports that
+        log.debug("could not check TTL indexes: %s", exc)
+        return
+    for collection in missing:
+        log.warning(
+            "MongoDB collection %s has no TTL index on expires_at: expired entries are never removed; "
+            "run `lurestream init-db`",
+            collection,
+        )
 
 
 class Signals:

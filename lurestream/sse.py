@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from datetime import date, datetime
 from typing import Any
 
@@ -32,8 +33,27 @@ def _json_default(value: Any) -> Any:
 
 def dumps(data: Any) -> str:
     """Compact one-line ASCII JSON: control characters and lone surrogates are escaped, so no raw
-    newline can break a frame and the bytes are always valid UTF-8."""
-    return json.dumps(data, separators=(",", ":"), default=_json_default)
+    newline can break a frame and the bytes are always valid UTF-8.
+
+    Strict JSON (RFC 8259): browsers' ``JSON.parse`` throws on ``NaN``/``Infinity``, and a dashboard
+    that cannot parse a frame reconnects in a loop. Bus messages never carry them (the decoder refuses
+    them); a stored document may (MongoDB keeps IEEE doubles), so those values become ``null``.
+    """
+    try:
+        return json.dumps(data, separators=(",", ":"), default=_json_default, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(data), separators=(",", ":"), default=_json_default, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (the rare path of :func:`dumps`)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def encode_frame(event: str, data: str, event_id: str | None = None) -> bytes:

@@ -22,8 +22,6 @@ import tempfile
 import time
 from typing import Any
 
-from tornado.netutil import bind_sockets
-
 from lurestream.config import Config
 
 log = logging.getLogger("lurestream.workers")
@@ -33,7 +31,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # lurestream.metrics reads it; not i
 
 
 def _worker(config: Config, port: int, index: int) -> None:
-    from lurestream.server import LISTEN_BACKLOG, serve
+    from lurestream.listening import listen
+    from lurestream.server import serve
 
     # The parent's handlers were inherited; a signal pending since the fork now ends us by default
     # until serve() installs its own handlers.
@@ -42,7 +41,7 @@ def _worker(config: Config, port: int, index: int) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     code = 0
     try:
-        sockets = bind_sockets(port, config.host, reuse_port=True, backlog=LISTEN_BACKLOG)
+        sockets = listen(config.host, port, reuse_port=True)
         asyncio.run(serve(config, sockets))
     except BaseException:  # the parent restarts us; say why first
         log.exception("worker %d crashed", index)
@@ -78,7 +77,9 @@ def _supervise(config: Config) -> int:
     from prometheus_client import multiprocess
 
     count = config.processes or os.cpu_count() or 1
-    probe = bind_sockets(config.port, config.host, reuse_port=True)  # fails early if the port is taken
+    from lurestream.listening import listen
+
+    probe = listen(config.host, config.port, reuse_port=True)  # fails early if the port is taken
     port = probe[0].getsockname()[1]
     for sock in probe:
         sock.close()

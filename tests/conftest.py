@@ -144,18 +144,13 @@ def start_server(tmp_path, nats_service, mongo_service, mongo, db_name):
     """Start ``lurestream serve`` on the test's services and database, with extra settings."""
     started = []
 
-    def start(**settings):
-        proc = ServerProcess(
-            str(tmp_path / f"server{len(started)}.log"),
-            nats_url=nats_service.url,
-            mongo_uri=mongo_service.url,
-            mongo_db=db_name,
-            jwt_secret=SECRET,
-            **settings,
-        )
+    def start(wait_ready=True, **settings):
+        base = dict(nats_url=nats_service.url, mongo_uri=mongo_service.url, mongo_db=db_name, jwt_secret=SECRET)
+        proc = ServerProcess(str(tmp_path / f"server{len(started)}.log"), **{**base, **settings})
         started.append(proc)
         proc.start()
-        proc.wait_ready()
+        if wait_ready:
+            proc.wait_ready()
         return proc
 
     yield start
@@ -182,12 +177,11 @@ def services(config: Config, io_loop: Any, mongo: Any, request: pytest.FixtureRe
         provider.add_span_processor(SimpleSpanProcessor(request.getfixturevalue("span_exporter")))
         tracer = provider.get_tracer("lurestream-test")
     svc = Services.build(config, tracer=tracer)
-    io_loop.run_sync(svc.hub.start)
+    io_loop.run_sync(svc.start)
     if config.nats_url and request.node.get_closest_marker("no_bus_wait") is None:
         assert io_loop.run_sync(lambda: svc.hub.wait_connected(10)), "hub did not connect to NATS"
     yield svc
-    io_loop.run_sync(svc.hub.close)
-    io_loop.run_sync(svc.store.close)
+    io_loop.run_sync(svc.close)
 
 
 @pytest.fixture

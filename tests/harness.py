@@ -180,7 +180,7 @@ async def standalone(
     )
     services = Services.build(config)
     services.hub.reconnect_wait = 0.2
-    await services.hub.start()
+    await services.start()
     sock, http_port = bind_unused_port()
     server = make_server(make_app(services, **app_settings), services)
     server.add_socket(sock)
@@ -197,5 +197,4 @@ async def standalone(
         await harness.aclose()
         server.stop()
         await server.close_all_connections()
-        await services.hub.close()
-        await services.store.close()
+        await services.close()

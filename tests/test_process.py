@@ -171,7 +171,7 @@ def test_init_db_command(mongo_service, mongo, db_name):
             [sys.executable, "-m", "lurestream", "init-db"], capture_output=True, text=True, env=env, timeout=60
         )
         assert result.returncode == 0, result.stderr
-        assert result.stdout.count("index ready:") == 3
+        assert result.stdout.count("index ready:") == 4  # two query indexes, two TTL indexes
     assert len(mongo.observations.index_information()) == 2
 
 

@@ -129,10 +129,16 @@ async def test_in_flight_mutations_json_ready(store, mongo):
 
 
 @pytest.mark.gen_test
+async def test_missing_ttl_indexes_are_reported(store, mongo):
+    assert await store.missing_ttl_indexes() == ["sse_tickets", "sse_sessions"], "a fresh database has none"
+
+
+@pytest.mark.gen_test
 async def test_init_indexes_is_idempotent(store, mongo):
     first = await store.init_indexes()
     second = await store.init_indexes()
-    assert first == second and len(first) == 3
+    assert first == second and len(first) == 4
+    assert await store.missing_ttl_indexes() == []
     keys = [list(spec["key"]) for spec in mongo.observations.index_information().values()]
     assert any(k[:2] == [("attacker_uuid", 1), ("primitive", 1)] and k[2][0] == "ts" for k in keys), keys
     assert any(

@@ -26,9 +26,12 @@ STORE_UNAVAILABLE = "Store unavailable"
 class ApiError(tornado.web.HTTPError):
     """An error answered as ``{"detail": detail}`` with ``status``."""
 
-    def __init__(self, status: int, detail: str, log_message: str | None = None) -> None:
+    def __init__(
+        self, status: int, detail: str, log_message: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(status, log_message=redact(log_message or detail).replace("%", "%%"))
         self.detail = detail
+        self.headers = headers or {}
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -45,13 +48,15 @@ class BaseHandler(tornado.web.RequestHandler):
         for name, service in services.items():
             setattr(self, name, service)
 
-    # -- CORS -----------------------------------------------------------------------------------
+    # -- CORS and the headers every response carries ----------------------------------------------
     def set_default_headers(self) -> None:
-        origin = self.request.headers.get("Origin")
+        self.set_header("X-Content-Type-Options", "nosniff")
         allowed = self.settings.get("cors_origins", ())
-        if origin and ("*" in allowed or origin in allowed):
-            self.set_header("Access-Control-Allow-Origin", origin)
+        if allowed:  # the answer depends on Origin whenever CORS is on, so caches must key on it
             self.set_header("Vary", "Origin")
+            origin = self.request.headers.get("Origin")
+            if origin and ("*" in allowed or origin in allowed):
+                self.set_header("Access-Control-Allow-Origin", origin)
 
     def options(self, *args: Any) -> None:
         """CORS preflight: answered without credentials (the real request still needs them)."""
@@ -62,6 +67,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # -- auth -----------------------------------------------------------------------------------
     async def prepare(self) -> None:
+        if self.request.method not in allowed_methods(self):  # 405 before auth: it reveals nothing
+            raise tornado.web.HTTPError(405)
         if not self.auth_required or self.request.method == "OPTIONS":
             return
         try:
@@ -99,16 +106,34 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(json.dumps(body, separators=(",", ":")))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        detail = exc.detail if isinstance(exc, ApiError) else (self._reason or "Internal Server Error")
-        if status_code == 401:
-            self.set_header("WWW-Authenticate", "Bearer")
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"detail": detail}, separators=(",", ":")))
+        write_json_error(self, status_code, **kwargs)
 
     def _request_summary(self) -> str:
         # Tornado's warning/error lines print the URI; keep credentials out of them.
         return f"{self.request.method} {redact_url(self.request.uri or '')} ({self.request.remote_ip})"
+
+
+def allowed_methods(handler: tornado.web.RequestHandler) -> list[str]:
+    """The methods a handler class implements (for a 405's ``Allow``)."""
+    cls = type(handler)
+    base = tornado.web.RequestHandler
+    return [m for m in cls.SUPPORTED_METHODS if getattr(cls, m.lower()) is not getattr(base, m.lower())]
+
+
+def write_json_error(handler: tornado.web.RequestHandler, status_code: int, **kwargs: Any) -> None:
+    """Every error leaves as ``{"detail": ...}`` JSON (SPEC §1); a 405 names what is allowed."""
+    exc = kwargs.get("exc_info", (None, None, None))[1]
+    detail = exc.detail if isinstance(exc, ApiError) else (handler._reason or "Internal Server Error")
+    if status_code == 401:
+        handler.set_header("WWW-Authenticate", "Bearer")
+    if status_code == 405:
+        handler.set_header("Allow", ", ".join(allowed_methods(handler)))
+    if isinstance(exc, ApiError):
+        for name, value in exc.headers.items():
+            handler.set_header(name, value)
+    handler.set_header("Content-Type", "application/json")
+    handler.set_header("X-Content-Type-Options", "nosniff")
+    handler.finish(json.dumps({"detail": detail}, separators=(",", ":")))
 
 
 class NotFoundHandler(BaseHandler):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import tornado.web
+
+from lurestream.handlers.base import write_json_error
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "static")
 
@@ -16,11 +19,26 @@ CSP = (
 )
 
 
+# The page's files are flat and plainly named; anything else (a NUL, a dot-dot, a sub-path) is unknown.
+_FILE_NAME = re.compile(r"[A-Za-z0-9_-]+\.[a-z0-9]{1,5}")
+
+
 class DashboardHandler(tornado.web.StaticFileHandler):
     def set_default_headers(self) -> None:
         self.set_header("Content-Security-Policy", CSP)
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "no-referrer")
+
+    def parse_url_path(self, url_path: str) -> str:
+        # Checked on the requested name before the filesystem sees it: a NUL in a path made os.stat
+        # raise (a 500); unknown, outside and malformed names are all one JSON 404.
+        if url_path and not _FILE_NAME.fullmatch(url_path):
+            raise tornado.web.HTTPError(404)
+        return super().parse_url_path(url_path)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.clear_header("Content-Security-Policy")
+        write_json_error(self, status_code, **kwargs)
 
     def set_extra_headers(self, path: str) -> None:
         self.set_header("Cache-Control", "no-cache")

@@ -22,7 +22,8 @@ class DirectoryHandler(BaseHandler):
 
     def _limit(self) -> int:
         raw = self.get_query_argument("limit", "50")
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        # ASCII digits only ("²".isdigit() is true) and short, so int() can neither raise nor work hard
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= MAX_LIMIT:
             raise ApiError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
         return int(raw)
 

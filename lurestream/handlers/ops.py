@@ -20,6 +20,8 @@ class HealthHandler(BaseHandler):
     def get(self) -> None:
         self.write_json({"status": "ok"})
 
+    head = get  # probes may ask with HEAD (Tornado sends the headers without the body)
+
 
 class ReadyHandler(BaseHandler):
     hub: Hub
@@ -43,6 +45,8 @@ class ReadyHandler(BaseHandler):
             body["status"] = "ready"
             self.write_json(body)
 
+    head = get
+
 
 class MetricsHandler(BaseHandler):
     metrics: Metrics
@@ -50,6 +54,8 @@ class MetricsHandler(BaseHandler):
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(self.metrics.exposition())
+
+    head = get
 
 
 def handlers(services: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:

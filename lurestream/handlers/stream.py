@@ -121,6 +121,9 @@ class StreamHandler(BaseHandler):
     # -- the lifecycle ---------------------------------------------------------------------------
     async def get(self, resource_id: str) -> None:
         assert self.identity is not None
+        if len(resource_id) > self.config.max_id_length:  # no id is that long: unknown, without a query
+            self.metrics.http_refused.labels("id_too_long").inc()
+            raise ApiError(404, self.not_found)
         with self._child("lurestream.load") as span:
             span.set_attribute("lurestream.stream.kind", self.kind)
             span.set_attribute("lurestream.stream.key", resource_id)

@@ -5,14 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 from lurestream.handlers.base import STORE_UNAVAILABLE, ApiError, BaseHandler
+from lurestream.limits import MintRate
+from lurestream.metrics import Metrics
 from lurestream.store import StoreUnavailable
+
+TOO_MANY_MINTS = "Too many ticket requests"
+
+
+def check_mint_rate(mint_rate: MintRate, metrics: Metrics, user: str) -> None:
+    """SPEC §11: at most MINT_RATE tickets and sessions per user per process; 429 with Retry-After."""
+    wait = mint_rate.take(user)
+    if wait:
+        metrics.http_refused.labels("mint_rate").inc()
+        raise ApiError(429, TOO_MANY_MINTS, headers={"Retry-After": MintRate.retry_after(wait)})
 
 
 class TicketHandler(BaseHandler):
     auth_required = True  # Bearer header only: no ticket, no ?token=
+    mint_rate: MintRate
+    metrics: Metrics
 
     async def post(self) -> None:
         assert self.identity is not None
+        check_mint_rate(self.mint_rate, self.metrics, self.identity.uuid)
         try:
             ticket, ttl = await self.auth.mint_ticket(self.identity)
         except StoreUnavailable as exc:

@@ -49,6 +49,10 @@ class Store(Protocol):
 
     async def init_indexes(self) -> list[str]: ...
 
+    async def missing_ttl_indexes(self) -> list[str]:
+        """Collections the server writes (tickets, sessions) that lack their clean-up TTL index."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -8,6 +8,7 @@ The server writes nowhere but ``sse_tickets`` (SPEC §8).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Coroutine
 from datetime import datetime
@@ -30,7 +31,9 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "topology_mutations": [([("topology_id", ASCENDING), ("state", ASCENDING), ("requested_at", DESCENDING)], {})],
     # TTL for clean-up only: redemption checks expires_at itself (TTL monitors run about once a minute).
     "sse_tickets": [([("expires_at", ASCENDING)], {"expireAfterSeconds": 0})],
+    "sse_sessions": [([("expires_at", ASCENDING)], {"expireAfterSeconds": 0})],
 }
+TTL_COLLECTIONS = ("sse_tickets", "sse_sessions")
 
 
 def _unavailable(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -44,6 +47,38 @@ def _unavailable(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corouti
             raise StoreUnavailable(f"MongoDB unavailable: {exc.__class__.__name__}") from exc
 
     return wrapper
+
+
+def _quick(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """A look-up by ``_id`` on the connect path: StoreUnavailable once ``timeout_ms`` has passed.
+
+    PyMongo waits for a server in steps of half a second, so its own server-selection timeout can
+    overshoot by up to 0.5 s (a 500 ms setting gave 503s after ~1 s); this deadline is exact. Only
+    for quick look-ups: a snapshot read under load may rightly take longer (the socket timeout bounds it).
+    """
+    inner = _unavailable(fn)
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        store = args[0]
+        assert isinstance(store, MongoStore)
+        task = asyncio.ensure_future(inner(*args, **kwargs))
+        # Not asyncio.wait_for: it waits for the cancelled call to finish, and PyMongo's server
+        # selection does not always stop at once — the 503 would wait for it.
+        done, _pending = await asyncio.wait({task}, timeout=store.timeout_ms / 1000)
+        if done:
+            return task.result()
+        task.cancel()
+        task.add_done_callback(_consume)
+        raise StoreUnavailable(f"MongoDB did not answer within {store.timeout_ms} ms")
+
+    return wrapper
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned call's outcome (so asyncio does not log it as never retrieved)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def make_client(uri: str, driver: str, timeout_ms: int) -> Any:
@@ -69,6 +104,7 @@ class MongoStore:
 
     def __init__(self, uri: str, db_name: str, driver: str = "pymongo", timeout_ms: int = 2000) -> None:
         self.driver = driver
+        self.timeout_ms = timeout_ms
         self.client = make_client(uri, driver, timeout_ms)
         self.db = self.client[db_name]
 
@@ -81,36 +117,36 @@ class MongoStore:
             cursor = await cursor
         return await self._to_list(cursor)
 
-    @_unavailable
+    @_quick
     async def ping(self) -> None:
         await self.client.admin.command("ping")
 
-    @_unavailable
+    @_quick
     async def get_user(self, uuid: str) -> dict[str, Any] | None:
         doc: dict[str, Any] | None = await self.db.users.find_one(
             {"_id": uuid}, {"role": 1, "must_change_password": 1, "tokens_valid_from": 1}
         )
         return doc
 
-    @_unavailable
+    @_quick
     async def is_revoked(self, jti: str) -> bool:
         return await self.db.revoked_tokens.find_one({"_id": jti}, {"_id": 1}) is not None
 
-    @_unavailable
+    @_quick
     async def insert_ticket(self, ticket_hash: str, uuid: str, role: str, expires_at: datetime) -> None:
         await self.db.sse_tickets.insert_one({"_id": ticket_hash, "uuid": uuid, "role": role, "expires_at": expires_at})
 
-    @_unavailable
+    @_quick
     async def take_ticket(self, ticket_hash: str) -> dict[str, Any] | None:
         doc: dict[str, Any] | None = await self.db.sse_tickets.find_one_and_delete({"_id": ticket_hash})
         return doc
 
-    @_unavailable
+    @_quick
     async def get_attacker(self, uuid: str) -> dict[str, Any] | None:
         doc: dict[str, Any] | None = await self.db.attackers.find_one({"_id": uuid}, {"ip": 1, "identity_id": 1})
         return doc
 
-    @_unavailable
+    @_quick
     async def get_topology(self, topology_id: str) -> dict[str, Any] | None:
         doc: dict[str, Any] | None = await self.db.topologies.find_one({"_id": topology_id}, {"status": 1})
         return doc
@@ -171,6 +207,15 @@ class MongoStore:
             for keys, options in specs:
                 names.append(f"{collection}.{await self.db[collection].create_index(keys, **options)}")
         return names
+
+    @_unavailable
+    async def missing_ttl_indexes(self) -> list[str]:
+        missing = []
+        for collection in TTL_COLLECTIONS:
+            info = await self.db[collection].index_information()
+            if not any("expireAfterSeconds" in index for index in info.values()):
+                missing.append(collection)
+        return missing
 
     async def close(self) -> None:
         result = self.client.close()

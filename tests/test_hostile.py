@@ -1,0 +1,304 @@
+"""Hostile input (SPEC §11) beyond the HTTP edge: bus messages, parameters, tokens, caches, mint rate,
+methods and headers, start-up and bus-down logging. Each test is one item of the issue that found it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+from harness import ATTACKER_A, SECRET, VIEWER, envelope
+from processes import lurestream_env
+
+from lurestream import sse
+from lurestream.cache import TTLCache
+from lurestream.envelope import MAX_DEPTH, MalformedMessage, decode_envelope
+from lurestream.limits import MintRate
+from lurestream.localservices import free_port
+
+A = ATTACKER_A["_id"]
+
+
+# -- bus messages: strict JSON out, bounded work in ------------------------------------------------
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"ts": NaN, "payload": {}}',
+        b'{"ts": Infinity, "payload": {}}',
+        b'{"ts": 1e999, "payload": {}}',
+        b'{"ts": 1, "payload": {"x": -Infinity}}',
+        b'{"ts": 1, "payload": {"x": 1e400}}',
+        b'{"ts": ' + b"9" * 400 + b', "payload": {}}',  # an int too large for a float
+        b'{"ts": 1, "payload": {"x": ' + b"9" * 5000 + b"}}",  # past Python's integer digit limit
+        b'{"payload": {"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}}",  # raised RecursionError before
+        b'{"payload": {"a": ' + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"}}",  # depth 65 with the envelope
+        '{"payload": {"s": "\u00e9"}}'.encode("utf-16"),  # JSON, but not UTF-8
+    ],
+)
+def test_non_strict_or_unbounded_bus_bodies_are_malformed(body):
+    with pytest.raises(MalformedMessage):
+        decode_envelope("attacker.observation.x", body)
+
+
+def test_limits_of_the_decoder_are_exact():
+    deepest_ok = b'{"payload": {"a": ' + b"[" * (MAX_DEPTH - 2) + b"]" * (MAX_DEPTH - 2) + b"}}"
+    assert decode_envelope("s", deepest_ok).payload
+    assert decode_envelope("s", b'{"payload": {"pad": "' + b"x" * 1000 + b'"}}', max_bytes=1030)
+    with pytest.raises(MalformedMessage):
+        decode_envelope("s", b'{"payload": {"pad": "' + b"x" * 1000 + b'"}}', max_bytes=1000)
+
+
+def test_stored_nan_is_sent_as_null_not_as_non_json():
+    text = sse.dumps({"confidence": float("nan"), "v": [float("inf"), 1.5], "ok": 2.0})
+    assert json.loads(text) == {"confidence": None, "v": [None, 1.5], "ok": 2.0}
+    assert "NaN" not in text and "Infinity" not in text
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_non_json_numbers_never_reach_a_dashboard(ls):
+    client = await ls.attacker(A)
+    before = ls.hub.stats.malformed
+    subject = "attacker.observation.ja3"
+    for raw in (
+        b'{"ts": NaN, "payload": {"attacker_uuid": "%s"}}',
+        b'{"ts": 1, "payload": {"attacker_uuid": "%s", "v": Infinity}}',
+    ):
+        await ls.publish(subject, raw=raw.replace(b"%s", A.encode()))
+    deep = b'{"payload": {"attacker_uuid": "' + A.encode() + b'", "a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}}"
+    await ls.publish(subject, raw=deep)
+    await ls.publish(subject, {"attacker_uuid": A, "value": "after"})
+    frame = await client.next_event(5)
+    assert frame.json()["payload"]["value"] == "after", "only the strict message is forwarded"
+    assert ls.hub.stats.malformed - before == 3
+    hist = ls.services.metrics.delivery_seconds
+    total = next(s.value for m in hist.collect() for s in m.samples if s.name.endswith("_sum"))
+    assert math.isfinite(total), "a NaN ts made the latency histogram's sum NaN for good"
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(max_message_bytes="4KiB")
+async def test_oversized_bus_messages_are_malformed(ls):
+    client = await ls.attacker(A)
+    before = ls.hub.stats.malformed
+    await ls.publish("attacker.observation.x", {"attacker_uuid": A, "pad": "x" * 5000})
+    await ls.publish("attacker.observation.x", {"attacker_uuid": A, "pad": "small"})
+    assert (await client.next_event(5)).json()["payload"]["pad"] == "small"
+    assert ls.hub.stats.malformed - before == 1
+
+
+def test_replay_memory_is_bounded_in_bytes():
+    from lurestream.hub import Hub
+
+    hub = Hub("", 16, replay_max=10_000, replay_memory_bytes=100_000)
+    hub.position = hub._recent_floor = 0
+    body = envelope("attacker.observation.x", {"attacker_uuid": "u", "pad": "x" * 9000})
+    for seq in range(1, 201):
+        hub.dispatch("attacker.observation.x", body, seq=seq)
+    assert hub._recent_bytes <= 100_000 and len(hub._recent) < 12, "200 × 9 KB events kept within 100 KB"
+    assert hub._recent_floor == 200 - len(hub._recent), "what was dropped is no longer claimed for resumes"
+
+
+# -- parameters, tokens, static names: 4xx, never 500 ------------------------------------------------
+@pytest.mark.gen_test
+async def test_bad_parameters_and_paths_are_4xx_json(ls):
+    token = ls.token()
+    for limit in ("%C2%B2", "1" * 4400, "0x10", "-5", "5.0"):
+        response = await ls.fetch("GET", f"/api/v1/attackers?limit={limit}", bearer=token)
+        assert response.code == 400, (limit, response.code)
+    for path in ("/static/dashboard.js%00.png", "/static/../setup.py", "/static/nope.js", "/static/a%2Fb.js"):
+        response = await ls.fetch("GET", path)
+        assert response.code == 404, (path, response.code)
+        assert json.loads(response.body) == {"detail": "Not Found"}
+        assert response.headers["Content-Type"] == "application/json"
+
+
+@pytest.mark.gen_test
+async def test_a_signed_token_with_a_string_or_infinite_exp_is_401_every_time(ls):
+    for claims in ({"exp": str(int(time.time()) + 3600)}, {"iat": "0"}, {"exp": True}):
+        token = ls.token(**claims)
+        for _ in range(2):  # the second use came from the verified-token cache and was a 500
+            response = await ls.fetch("GET", "/api/v1/attackers", bearer=token)
+            assert response.code == 401, (claims, response.code)
+
+
+@pytest.mark.gen_test
+async def test_overlong_ids_are_404_without_a_store_query(ls):
+    calls = []
+    original = ls.services.store.get_attacker
+
+    async def counted(uuid):
+        calls.append(uuid)
+        return await original(uuid)
+
+    ls.services.store.get_attacker = counted
+    response = await ls.fetch("GET", f"/api/v1/attackers/{'x' * 129}/events", bearer=ls.token())
+    assert response.code == 404 and json.loads(response.body) == {"detail": "Attacker not found"}
+    assert calls == []
+    unauthenticated = await ls.fetch("GET", f"/api/v1/attackers/{'x' * 129}/events")
+    assert unauthenticated.code == 401, "still auth first"
+    assert len(ls.services.resources) == 0
+
+
+# -- caches and rates: bounded memory ---------------------------------------------------------------
+def test_caches_drop_expired_entries_on_purge():
+    cache: TTLCache[int] = TTLCache(0.05)
+    for i in range(1000):
+        cache.set(f"k{i}", i)
+    assert cache.purge() == 0 and len(cache) == 1000
+    time.sleep(0.06)
+    cache.set("fresh", 1)
+    assert cache.purge() == 1000 and len(cache) == 1
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_housekeeping_purges_caches_without_the_same_key_asked_again(ls):
+    token = ls.token()
+    for i in range(50):  # distinct unknown ids: each a cached "not found"
+        assert (await ls.fetch("GET", f"/api/v1/attackers/nope-{i}/events", bearer=token)).code == 404
+    assert len(ls.services.resources) >= 50
+    await ls.wait_for(lambda: len(ls.services.resources) == 0, timeout=5, what="the 1 s resource cache purged")
+
+
+def test_mint_rate_is_a_token_bucket_per_user():
+    rate = MintRate(3, 60.0)
+    assert [rate.take("u", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert rate.take("u", now=0.0) == pytest.approx(20.0), "one mint back every 20 s"
+    assert rate.take("v", now=0.0) == 0.0, "another user is not affected"
+    assert rate.take("u", now=20.0) == 0.0
+    assert rate.purge(now=500.0) == 2 and len(rate) == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.lurestream(mint_rate="5/60s")
+async def test_ticket_minting_is_rate_limited_per_user(ls):
+    from harness import SECOND_VIEWER
+
+    token = ls.token()
+    codes = [(await ls.fetch("POST", "/api/v1/auth/sse-ticket", bearer=token)).code for _ in range(5)]
+    assert codes == [200] * 5
+    refused = await ls.fetch("POST", "/api/v1/auth/sse-ticket", bearer=token)
+    assert refused.code == 429 and json.loads(refused.body) == {"detail": "Too many ticket requests"}
+    assert 1 <= int(refused.headers["Retry-After"]) <= 12
+    assert ls.db.sse_tickets.count_documents({}) == 5, "a refused mint costs no store write"
+    other = await ls.fetch("POST", "/api/v1/auth/sse-ticket", bearer=ls.token(SECOND_VIEWER))
+    assert other.code == 200
+
+
+# -- methods and headers ------------------------------------------------------------------------------
+@pytest.mark.gen_test
+async def test_head_on_probes_and_405_with_allow(ls):
+    for path in ("/healthz", "/readyz", "/metrics"):
+        response = await ls.fetch("HEAD", path)
+        assert response.code == 200 and response.body == b"", path
+    for method, path, allow in (
+        ("POST", "/healthz", "GET, HEAD, OPTIONS"),
+        ("DELETE", f"/api/v1/attackers/{A}/events", "GET, OPTIONS"),
+        ("GET", "/api/v1/auth/sse-ticket", "POST, OPTIONS"),
+        ("PUT", "/api/v1/attackers", "GET, OPTIONS"),
+    ):
+        response = await ls.fetch(method, path, body=b"" if method in ("POST", "PUT") else None)
+        assert response.code == 405, (method, path)
+        assert response.headers["Allow"] == allow, (method, path, response.headers.get("Allow"))
+        assert json.loads(response.body)["detail"]
+
+
+@pytest.mark.gen_test
+async def test_every_json_response_says_nosniff(ls):
+    for method, path in (("GET", "/healthz"), ("GET", "/nope"), ("GET", "/api/v1/attackers"), ("POST", "/healthz")):
+        response = await ls.fetch(method, path, body=b"" if method == "POST" else None)
+        assert response.headers["X-Content-Type-Options"] == "nosniff", (method, path)
+
+
+@pytest.mark.gen_test
+@pytest.mark.lurestream(cors_origins="https://ops.example")
+async def test_with_cors_every_response_varies_on_origin(ls):
+    for origin in ("https://ops.example", "https://evil.example", None):
+        headers = {"Origin": origin} if origin else {}
+        response = await ls.fetch("GET", "/healthz", headers=headers)
+        assert response.headers.get("Vary") == "Origin", origin
+        expected = origin if origin == "https://ops.example" else None
+        assert response.headers.get("Access-Control-Allow-Origin") == expected
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_store_down_503_within_the_mongo_timeout(nats_service):
+    from harness import standalone
+
+    dead = f"mongodb://127.0.0.1:{free_port()}"
+    async with standalone("", dead, "d", settings={"mongo_timeout_ms": 500}) as ls:
+        for _ in range(4):  # PyMongo's own selection overshot to ~1 s after the first
+            started = time.monotonic()
+            response = await ls.fetch("GET", f"/api/v1/attackers/{A}/events", bearer=ls.token())
+            took = time.monotonic() - started
+            assert response.code == 503 and took < 0.8, took
+
+
+# -- start-up and the bus -----------------------------------------------------------------------------
+def test_a_busy_port_is_one_line_and_exit_1(nats_service, mongo_service):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = lurestream_env(port=port, jwt_secret=SECRET, nats_url=nats_service.url, mongo_uri=mongo_service.url)
+        for processes in ("1", "2"):
+            result = subprocess.run(
+                [sys.executable, "-m", "lurestream", "serve", "--processes", processes],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=30,
+            )
+            assert result.returncode == 1, result.stderr
+            assert "Traceback" not in result.stderr, result.stderr
+            assert f"lurestream: cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_bus_that_stays_down_is_logged_rarely_and_ttl_indexes_are_checked(start_server):
+    server = start_server(wait_ready=False, nats_url=f"nats://127.0.0.1:{free_port()}")
+    await asyncio.sleep(6)  # nats.py reports a failed attempt about every second
+    log = server.log()
+    assert log.count("NATS unreachable") + log.count("NATS error") <= 1, log[-2000:]
+    assert "MongoDB collection sse_tickets has no TTL index" in log
+    assert "MongoDB collection sse_sessions has no TTL index" in log
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_percent_encoded_credential_names_are_masked_in_the_log(start_server):
+    """A ticket logged verbatim under ``?%74icket=`` was redeemed from the log."""
+    from lurestream.config import config_from
+    from lurestream.tokens import mint_token
+
+    server = start_server()
+    token = mint_token(config_from({"jwt_secret": SECRET}), VIEWER)
+    base = f"http://127.0.0.1:{server.port}"
+
+    def call(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        req = urllib.request.Request(url, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    loop = asyncio.get_running_loop()
+    status, body = await loop.run_in_executor(
+        None, lambda: call(f"{base}/api/v1/auth/sse-ticket", "POST", {"Authorization": f"Bearer {token}"})
+    )
+    ticket = json.loads(body)["ticket"]
+    path = f"/api/v1/topologies/nope/events?%74icket={urllib.parse.quote(ticket)}&t%6Fken={token}"
+    assert (await loop.run_in_executor(None, call, base + path))[0] == 404, "Tornado honoured the encoded ticket"
+    await asyncio.sleep(0.3)
+    log = server.log()
+    assert ticket not in log and token not in log and token[:40] not in log
+    assert "%74icket=***" in log
