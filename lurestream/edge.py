@@ -233,21 +233,14 @@ class GuardedStream(IOStream):
             data = error_response(400, "Bad request: malformed request line or headers", self.edge.cors_headers())
         return super().write(data)
 
-    def hand_off(self) -> tuple[socket.socket, Callable[[], None]]:
-        """Give the connection to the live writer: returns a socket of its own (a duplicate, so Tornado
-        can close its side cleanly) and the callback that releases the per-address count."""
+    def hand_off(self) -> socket.socket:
+        """Give the connection to the live writer: a socket of its own (a duplicate, so Tornado can
+        close its side cleanly). The per-address count stays taken: the writer releases it
+        (``edge.connections.release(address)``) when the stream ends."""
         sock = self.socket.dup()
         self._handed_off = True
         self.close()
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.edge.connections.release(self.address)
-
-        return sock, release
+        return sock
 
 
 class _Guard(httputil.HTTPMessageDelegate):

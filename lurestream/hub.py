@@ -24,10 +24,9 @@ import logging
 import os
 import socket
 import time
-from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import nats
 from nats.aio.client import Client as NATS
@@ -39,8 +38,8 @@ from lurestream import jetstream, sse
 from lurestream.envelope import DEFAULT_MAX_BYTES, Envelope, MalformedMessage, decode_envelope
 from lurestream.metrics import Metrics
 from lurestream.redact import redact
+from lurestream.replay import Item, Replayer, ReplayMemory, Resume
 from lurestream.routing import SUBJECT_FAMILIES, Key, Route, route
-from lurestream.subscription import DRAINING, Item, Subscription
 
 log = logging.getLogger("lurestream.hub")
 
@@ -66,21 +65,14 @@ class HubStats:
     resume_failed: dict[str, int] = field(default_factory=dict)
 
 
-# why a resume could not be served (the stream then gets a snapshot with "resumed": false)
-RESUME_DISABLED = "jetstream_off"
-RESUME_INVALID = "invalid_id"
-RESUME_AHEAD = "ahead_of_stream"
-RESUME_EXPIRED = "not_retained"
-RESUME_TOO_FAR = "beyond_replay_max"
-RESUME_UNAVAILABLE = "bus_unavailable"
+class Subscriber(Protocol):
+    """What the hub routes to: a stream in its live phase (``writer.LiveStream``)."""
 
+    keys: tuple[Key, ...]
+    position: int | None
+    serial: int
 
-@dataclass
-class Resume:
-    """A resume's outcome: the replayed items (oldest first), or why it could not be served."""
-
-    items: list[Item]
-    failed: str | None = None
+    def put_nowait(self, item: Item) -> bool: ...
 
 
 def _item(target: Route, env: Envelope, seq: int) -> Item:
@@ -109,7 +101,7 @@ class _RateLimitedLog:
 
 
 class Hub:
-    """Owns the process's NATS connection and the routing table ``key -> {Subscription}``."""
+    """Owns the process's NATS connection and the routing table ``key -> {stream}``."""
 
     def __init__(
         self,
@@ -132,25 +124,24 @@ class Hub:
         self.stream_config = stream_config  # creates the stream when it is missing
         self.replay_max = replay_max
         self.position: int | None = None  # last stream sequence dispatched (JetStream only)
-        # Recent routed events: every one with a sequence in (_recent_floor, position] is here.
-        self._recent: deque[tuple[int, Key, Item]] = deque()
-        self._recent_floor: int | None = None
         # how many routed events are kept for resumes: replay_max, or fewer if the stream keeps fewer
-        self.recent_max = replay_max if replay_memory < 0 else min(replay_memory, replay_max)
-        self.recent_max_bytes = replay_memory_bytes
-        self._recent_bytes = 0
-        self._live_from = 0  # the first sequence streams receive; earlier ones only fill _recent
+        self.memory = ReplayMemory(
+            replay_max if replay_memory < 0 else min(replay_memory, replay_max), replay_memory_bytes
+        )
+        self.stats = HubStats()
+        self.replayer = Replayer(self.memory, replay_max, self._replay_item, metrics, self.stats)
+        self._live_from = 0  # the first sequence streams receive; earlier ones only fill the memory
         self._caught_up = asyncio.Event()
         self._js: JetStreamContext | None = None
         self._consumer: JetStreamContext.PushSubscription | None = None
         # the connection name shows in NATS monitoring: which host and process holds it
         self.name = name or f"lurestream:{socket.gethostname()}:{os.getpid()}"
         self.reconnect_wait = reconnect_wait
-        self.stats = HubStats()
         self.metrics = metrics
-        self._routes: dict[Key, set[Subscription]] = {}
-        self._subscriptions = 0
+        self._routes: dict[Key, set[Subscriber]] = {}
+        self._registered: set[Subscriber] = set()
         self.serial = 0  # counts registrations: orders them against snapshot reads (see snapshots.py)
+        self.on_delivered: Callable[[float], None] | None = None  # an event's ts, once per delivered event
         self._nc: NATS | None = None
         self._connector: asyncio.Task[None] | None = None
         self._closing = False
@@ -158,28 +149,29 @@ class Hub:
         self._bus_log = _RateLimitedLog(60.0)  # SPEC §11: a bus that stays down is logged once a minute
 
     # -- streams -------------------------------------------------------------------------------
-    def subscribe(self, keys: Iterable[Key]) -> Subscription:
-        """Register a stream for its keys; ``close()`` on the result unregisters it."""
-        sub = Subscription(keys, self.queue_max, on_close=self._unregister, on_overflow=self._overflowed)
-        sub.position = self.live_position
+    def register(self, stream: Subscriber) -> None:
+        """Route the events of ``stream.keys`` to it from now on; it records where it registered."""
+        stream.position = self.live_position
         self.serial += 1
-        sub.serial = self.serial
-        for key in sub.keys:
-            self._routes.setdefault(key, set()).add(sub)
-        self._subscriptions += 1
-        return sub
+        stream.serial = self.serial
+        for key in stream.keys:
+            self._routes.setdefault(key, set()).add(stream)
+        self._registered.add(stream)
 
-    def _unregister(self, sub: Subscription) -> None:
-        for key in sub.keys:
+    def unregister(self, stream: Subscriber) -> None:
+        """Stop routing to ``stream`` (idempotent)."""
+        if stream not in self._registered:
+            return
+        self._registered.discard(stream)
+        for key in stream.keys:
             subs = self._routes.get(key)
             if subs is not None:
-                subs.discard(sub)
+                subs.discard(stream)
                 if not subs:
                     del self._routes[key]
-        self._subscriptions -= 1
 
     def record_lagging(self) -> None:
-        """Count a stream closed for falling behind (a full queue here, or a full write buffer in its handler)."""
+        """Count a stream closed for falling behind."""
         self.stats.lagging += 1
         if self.metrics is not None:
             self.metrics.lagging.inc()
@@ -189,14 +181,10 @@ class Hub:
         if self.metrics is not None:
             self.metrics.send_timeouts.inc()
 
-    def _overflowed(self, sub: Subscription) -> None:
-        self.record_lagging()
-        log.warning("stream for %s is lagging (%d frames queued); closing it so it resumes", sub.keys[0], sub.maxsize)
-
     @property
     def subscription_count(self) -> int:
         """Open stream registrations (the leak guard checks this returns to 0)."""
-        return self._subscriptions
+        return len(self._registered)
 
     @property
     def live_position(self) -> int | None:
@@ -209,14 +197,8 @@ class Hub:
     def routing_keys(self) -> int:
         return len(self._routes)
 
-    def open_subscriptions(self) -> list[Subscription]:
-        return list({s for subs in self._routes.values() for s in subs})
-
-    def close_all(self, reason: str = DRAINING) -> None:
-        """End every stream's subscription (shutdown): each handler wakes, sends what is queued and a
-        ``retry:`` hint, and ends its response."""
-        for sub in self.open_subscriptions():
-            sub.end(reason)
+    def open_subscriptions(self) -> list[Subscriber]:
+        return list(self._registered)
 
     # -- routing -------------------------------------------------------------------------------
     def dispatch(self, subject: str, data: bytes, seq: int = 0) -> int:
@@ -248,7 +230,7 @@ class Hub:
         subs = None if target is None else self._routes.get(target.key)
         if seq and target is not None:
             item = _item(target, env, seq)
-            self._remember(seq, target.key, item)
+            self.memory.remember(seq, target.key, item)
             if seq < self._live_from:
                 return 0
         if not subs or target is None:
@@ -263,20 +245,12 @@ class Hub:
             if sub.put_nowait(item):
                 delivered += 1
         self.stats.deliveries += delivered
-        if metrics is not None:
-            metrics.events_forwarded.inc(delivered)
+        if delivered:
+            if metrics is not None:
+                metrics.events_forwarded.inc(delivered)
+            if self.on_delivered is not None:
+                self.on_delivered(env.ts)
         return delivered
-
-    def _remember(self, seq: int, key: Key, item: Item) -> None:
-        """Keep a routed event for resumes, within ``recent_max`` events and ``recent_max_bytes`` bytes
-        (SPEC §11: 200 messages of 900 KB must not cost every process 345 MB)."""
-        recent = self._recent
-        recent.append((seq, key, item))
-        self._recent_bytes += len(item[1])
-        while recent and (len(recent) > self.recent_max or self._recent_bytes > self.recent_max_bytes):
-            old_seq, _key, old = recent.popleft()
-            self._recent_bytes -= len(old[1])
-            self._recent_floor = old_seq
 
     async def _message_cb(self, msg: Msg) -> None:
         self.dispatch(msg.subject, msg.data)
@@ -288,71 +262,19 @@ class Hub:
             seq = 0
         self.dispatch(msg.subject, msg.data, seq)
 
-    # -- resume --------------------------------------------------------------------------------
-    async def resume(self, sub: Subscription, last_event_id: str) -> Resume:
-        """The retained events after ``last_event_id`` up to ``sub.position`` that ``sub`` wants.
+    # -- resume (see replay.py) -------------------------------------------------------------------
+    async def resume(self, stream: Subscriber, last_event_id: str) -> Resume:
+        """The retained events after ``last_event_id`` up to where ``stream`` registered, for its keys."""
+        return await self.replayer.resume(
+            stream.position, stream.keys, last_event_id, self._js, self.jetstream, self._caught_up
+        )
 
-        Events after ``sub.position`` reach ``sub`` live (it registered at that position), so the
-        replayed range and the live range meet without a gap; the caller drops live items whose
-        sequence is at or below the returned floor to avoid any duplicate.
-        """
-        if self._js is None or sub.position is None or not self.jetstream:
-            return self._resume_failed(RESUME_DISABLED)
-        raw = last_event_id.strip()
-        if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
-            return self._resume_failed(RESUME_INVALID)
-        if not self._caught_up.is_set():  # just started: the replay memory is still filling
-            try:
-                await asyncio.wait_for(self._caught_up.wait(), 10)
-            except asyncio.TimeoutError:
-                return self._resume_failed(RESUME_UNAVAILABLE)
-        after, until = int(raw), sub.position
-        if after > until:  # the client saw more than this process has yet: live covers it (floor = after)
-            try:
-                state = await jetstream.stream_state(self._js, self.jetstream)
-            except Exception as exc:
-                log.warning("resume: cannot read stream %s: %s", self.jetstream, exc)
-                return self._resume_failed(RESUME_UNAVAILABLE)
-            return self._resume_failed(RESUME_AHEAD) if after > state.last_seq else self._resumed(Resume([]))
-        if until - after > self.replay_max:
-            return self._resume_failed(RESUME_TOO_FAR)
-        if after == until:
-            return self._resumed(Resume([]))
-        wanted = set(sub.keys)
-        if self._recent_floor is not None and after >= self._recent_floor:
-            return self._resumed(Resume(self._recent_items(after, until, wanted)))
-        items: list[Item] = []
-        try:
-            state = await jetstream.stream_state(self._js, self.jetstream)
-            if after + 1 < state.first_seq:
-                return self._resume_failed(RESUME_EXPIRED)
-            async for msg in jetstream.scan(self._js, self.jetstream, after + 1, until):
-                item = self._replay_item(msg, wanted)
-                if item is not None:
-                    items.append(item)
-        except Exception as exc:
-            log.warning("resume: reading stream %s failed: %s", self.jetstream, exc)
-            return self._resume_failed(RESUME_UNAVAILABLE)
-        self.stats.resumed_from_stream += 1
-        return self._resumed(Resume(items), "jetstream")
+    def resume_refused(self, reason: str) -> Resume:
+        """Count a resume the caller gives up on (e.g. ``RESUME_TOO_BIG``) like the others."""
+        return self.replayer.failed(reason)
 
     def recent_between(self, after: int, until: int, keys: Iterable[Key]) -> list[Item] | None:
-        """From memory, the items for ``keys`` with ``after < seq <= until``; None if memory does not
-        reach back to ``after``."""
-        if self._recent_floor is None or after < self._recent_floor or until < after:
-            return None
-        return self._recent_items(after, until, set(keys))
-
-    def _recent_items(self, after: int, until: int, wanted: set[Key]) -> list[Item]:
-        """From memory: the items with ``after < seq <= until`` for ``wanted`` keys, oldest first."""
-        found = []
-        for seq, key, item in reversed(self._recent):
-            if seq <= after:
-                break
-            if seq <= until and key in wanted:
-                found.append(item)
-        found.reverse()
-        return found
+        return self.memory.between(after, until, keys)
 
     def _replay_item(self, msg: Msg, wanted: set[Key]) -> Item | None:
         try:
@@ -363,19 +285,6 @@ class Hub:
         if target is None or target.key not in wanted:
             return None
         return _item(target, env, int(msg.metadata.sequence.stream))
-
-    def _resumed(self, outcome: Resume, source: str = "memory") -> Resume:
-        self.stats.resumed += 1
-        self.stats.replayed += len(outcome.items)
-        if self.metrics is not None:
-            self.metrics.resumes.labels(source).inc()
-        return outcome
-
-    def _resume_failed(self, reason: str) -> Resume:
-        self.stats.resume_failed[reason] = self.stats.resume_failed.get(reason, 0) + 1
-        if self.metrics is not None:
-            self.metrics.resumes.labels(reason).inc()
-        return Resume([], failed=reason)
 
     # -- the bus -------------------------------------------------------------------------------
     @property
@@ -461,10 +370,11 @@ class Hub:
                 log.info("created JetStream stream %s over %s", self.jetstream, ", ".join(SUBJECT_FAMILIES))
                 state = await jetstream.stream_state(js, self.jetstream)
             if state.max_msgs > 0:
-                self.recent_max = min(self.recent_max, state.max_msgs)
+                self.memory.max_events = min(self.memory.max_events, state.max_msgs)
             # Start up to that many messages back: those only fill the replay memory (see dispatch).
-            start = max(state.first_seq, state.last_seq - self.recent_max + 1, 1)
-            self.position = self._recent_floor = start - 1
+            start = max(state.first_seq, state.last_seq - self.memory.max_events + 1, 1)
+            self.position = start - 1
+            self.memory.start(start - 1)
             self._live_from = state.last_seq + 1
             if start > state.last_seq:
                 self._caught_up.set()
@@ -481,7 +391,8 @@ class Hub:
                 ),
             )
         except Exception as exc:
-            self.position = self._recent_floor = None
+            self.position = None
+            self.memory.start(None)
             self._live_from = 0
             log.error(
                 "JetStream stream %r unusable (%s): serving live events without ids or resume; "
@@ -507,12 +418,11 @@ class Hub:
         log.info("NATS reconnected; subscriptions restored")
 
     async def close(self) -> None:
-        """Stop connecting, close every stream, and close the NATS connection."""
+        """Stop connecting and close the NATS connection (the writer closes the streams)."""
         self._closing = True
         if self._connector is not None:
             self._connector.cancel()
             await asyncio.gather(self._connector, return_exceptions=True)
-        self.close_all()
         if self._consumer is not None:
             try:  # cancels nats.py's heartbeat and flow-control tasks of the ordered consumer
                 await self._consumer.unsubscribe()

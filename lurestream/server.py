@@ -39,7 +39,7 @@ from lurestream.redact import redact
 from lurestream.snapshots import SnapshotReads
 from lurestream.store import Store
 from lurestream.store.mongo import MongoStore
-from lurestream.subscription import DRAINING
+from lurestream.writer import LiveStream, LiveWriter
 
 log = logging.getLogger("lurestream.server")
 
@@ -61,6 +61,7 @@ class Services:
     resources: TTLCache[dict[str, Any] | None]
     connections: ConnectionCounter
     mint_rate: MintRate
+    writer: LiveWriter
     _housekeeping: PeriodicCallback | None = None
 
     @classmethod
@@ -83,23 +84,40 @@ class Services:
             max_message_bytes=config.max_message_bytes,
             replay_memory_bytes=config.replay_memory_bytes,
         )
+        limiter = ConnectionLimiter(config.sse_max_per_user)
+        connections = ConnectionCounter(config.max_connections_per_ip)
+        writer = LiveWriter(
+            the_hub,
+            keepalive_seconds=config.keepalive_seconds,
+            send_timeout_seconds=config.send_timeout_seconds,
+            retry_ms=config.retry_ms,
+            max_bytes=config.stream_buffer_bytes,
+            queue_max=config.queue_max,
+            on_finish=lambda stream: _stream_finished(stream, limiter, connections, metrics),
+            on_lagging=lambda stream: _stream_lagging(stream, the_hub),
+            on_send_timeout=lambda stream: the_hub.record_send_timeout(),
+            on_flushed=metrics.delivery_seconds.observe,
+        )
+        the_hub.on_delivered = writer.note_delivered
         return cls(
             config,
             the_store,
             the_hub,
             Authenticator(config, the_store),
-            ConnectionLimiter(config.sse_max_per_user),
+            limiter,
             metrics,
             tracer or trace.get_tracer("lurestream"),
             SnapshotReads(the_hub, metrics=metrics),
             TTLCache(1.0),  # attacker / topology documents, read when a stream opens
-            ConnectionCounter(config.max_connections_per_ip),
+            connections,
             MintRate(*config.mint_rate),
+            writer,
         )
 
     async def start(self) -> None:
         """Start what runs in the background: the hub's bus connection and the housekeeping sweep."""
         await self.hub.start()
+        self.writer.start()
         self._housekeeping = PeriodicCallback(self.housekeep, HOUSEKEEPING_SECONDS * 1000)
         self._housekeeping.start()
 
@@ -115,8 +133,31 @@ class Services:
         if self._housekeeping is not None:
             self._housekeeping.stop()
             self._housekeeping = None
+        self.writer.close()
         await self.hub.close()
         await self.store.close()
+
+
+def _stream_finished(
+    stream: LiveStream, limiter: ConnectionLimiter, connections: ConnectionCounter, metrics: Metrics
+) -> None:
+    """Everything a stream held, given back when it ends for any reason."""
+    limiter.release(stream.user)
+    if stream.address:
+        connections.release(stream.address)
+    reason = stream.reason or "client_closed"
+    metrics.streams_open.labels(stream.kind).dec()
+    metrics.disconnects.labels(stream.kind, reason).inc()
+    span = stream.span
+    if span is not None:
+        stream.span = None
+        span.add_event("stream.end", {"reason": reason})
+        span.end()
+
+
+def _stream_lagging(stream: LiveStream, hub: Hub) -> None:
+    hub.record_lagging()
+    log.warning("a %s stream is lagging (%d bytes queued); closing it so it resumes", stream.kind, stream.unflushed)
 
 
 def make_app(services: Services, **settings: Any) -> tornado.web.Application:
@@ -133,11 +174,9 @@ def make_app(services: Services, **settings: Any) -> tornado.web.Application:
         snapshots=services.snapshots,
         resources=services.resources,
         mint_rate=services.mint_rate,
+        writer=services.writer,
     )
     app_settings: dict[str, Any] = dict(
-        keepalive_seconds=config.keepalive_seconds,
-        send_timeout_seconds=config.send_timeout_seconds,
-        retry_ms=config.retry_ms,
         cors_origins=config.cors_origins,
         log_function=access_log_function,
         default_handler_class=NotFoundHandler,
@@ -276,25 +315,26 @@ class Signals:
 async def drain(services: Services, seconds: float, cut_short: asyncio.Event) -> None:
     """Close open streams spread evenly over ``seconds`` (each gets a jittered ``retry:`` hint), so the
     reconnects land on the other servers gradually; return once every slot is released."""
-    hub, limiter = services.hub, services.limiter
-    subs = hub.open_subscriptions()
-    random.shuffle(subs)
-    log.info("draining: closing %d streams over %.0fs (a second signal closes them at once)", len(subs), seconds)
+    writer, limiter = services.writer, services.limiter
+    streams = [s for s in writer.streams if not s.closing]
+    random.shuffle(streams)
+    log.info("draining: closing %d streams over %.0fs (a second signal closes them at once)", len(streams), seconds)
     loop = asyncio.get_running_loop()
-    step = seconds / len(subs) if subs else 0.0
-    timers = [loop.call_later(i * step, sub.end, DRAINING) for i, sub in enumerate(subs)]
+    step = seconds / len(streams) if streams else 0.0
+    timers = [loop.call_later(i * step, writer.drain, stream) for i, stream in enumerate(streams)]
     deadline = loop.time() + seconds + 5.0
     cut = asyncio.ensure_future(cut_short.wait())
     try:
         while limiter.held() and loop.time() < deadline and not cut.done():
             await asyncio.wait([cut], timeout=0.05)
         if cut.done():
-            log.info("second signal: closing %d streams now", hub.subscription_count)
+            log.info("second signal: closing %d streams now", len(writer.streams))
     finally:
         cut.cancel()
         for timer in timers:
             timer.cancel()
-        hub.close_all()
+        for stream in list(writer.streams):
+            writer.drain(stream)
         end = loop.time() + 1.0
-        while limiter.held() and loop.time() < end:  # let handlers write their retry hint and finish
+        while limiter.held() and loop.time() < end:  # let the retry hints go out
             await asyncio.sleep(0.01)

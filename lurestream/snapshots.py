@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lurestream.hub import Hub
+from lurestream.hub import Hub, Subscriber
 from lurestream.metrics import Metrics
+from lurestream.replay import Item
 from lurestream.routing import Key
-from lurestream.subscription import Item, Subscription
 
 
 @dataclass
@@ -46,7 +46,7 @@ class SnapshotReads:
         self.queries = 0  # store reads actually made (for tests and benchmarks)
         self._reads: dict[Key, _Read] = {}
 
-    async def read(self, key: Key, sub: Subscription, load: Callable[[], Awaitable[dict[str, Any]]]) -> Snapshot:
+    async def read(self, key: Key, sub: Subscriber, load: Callable[[], Awaitable[dict[str, Any]]]) -> Snapshot:
         shared = self._reads.get(key)  # in flight, or done less than max_age ago (then forgotten)
         if shared is not None:
             if shared.serial >= sub.serial:

@@ -53,6 +53,29 @@ def envelope(subject: str, payload: Any = None, type_: str = "t", ts: float | No
     return json.dumps(body).encode()
 
 
+class Probe:
+    """A stand-in stream for hub-level tests: registers like a live stream and records what it gets."""
+
+    def __init__(self, hub: Any, keys: list[tuple[str, str]]) -> None:
+        self.keys = tuple(keys)
+        self.position: int | None = None
+        self.serial = 0
+        self.items: list[tuple[int, bytes, float]] = []
+        hub.register(self)
+
+    @property
+    def pending(self) -> int:
+        return len(self.items)
+
+    def put_nowait(self, item: tuple[int, bytes, float]) -> bool:
+        self.items.append(item)
+        return True
+
+    def take(self) -> list[tuple[int, bytes, float]]:
+        items, self.items = self.items, []
+        return items
+
+
 class Harness:
     def __init__(self, services: Services, port: int, mongo: Any, nats_url: str) -> None:
         self.services = services

@@ -82,7 +82,7 @@ async def test_bus_down_at_start_then_up_forwards_without_reconnect(tmp_path, io
     port = free_port()
     svc = nats_server(str(tmp_path), port=port)
     try:
-        async with standalone(svc.url, mongo_service.url, db_name, mongo, keepalive_seconds=0.3) as harness:
+        async with standalone(svc.url, mongo_service.url, db_name, mongo, {"keepalive_seconds": 0.3}) as harness:
             response = await harness.fetch("GET", "/readyz")
             assert response.code == 503
             body = json.loads(response.body)

@@ -98,12 +98,13 @@ def test_replay_memory_is_bounded_in_bytes():
     from lurestream.hub import Hub
 
     hub = Hub("", 16, replay_max=10_000, replay_memory_bytes=100_000)
-    hub.position = hub._recent_floor = 0
+    hub.position = 0
+    hub.memory.start(0)
     body = envelope("attacker.observation.x", {"attacker_uuid": "u", "pad": "x" * 9000})
     for seq in range(1, 201):
         hub.dispatch("attacker.observation.x", body, seq=seq)
-    assert hub._recent_bytes <= 100_000 and len(hub._recent) < 12, "200 × 9 KB events kept within 100 KB"
-    assert hub._recent_floor == 200 - len(hub._recent), "what was dropped is no longer claimed for resumes"
+    assert hub.memory.bytes <= 100_000 and len(hub.memory) < 12, "200 × 9 KB events kept within 100 KB"
+    assert hub.memory.floor == 200 - len(hub.memory), "what was dropped is no longer claimed for resumes"
 
 
 # -- parameters, tokens, static names: 4xx, never 500 ------------------------------------------------

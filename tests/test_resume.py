@@ -7,7 +7,7 @@ import asyncio
 import json
 
 import pytest
-from harness import ATTACKER_A, ATTACKER_B, VIEWER
+from harness import ATTACKER_A, ATTACKER_B, VIEWER, Probe
 from sse_client import SSEClient
 
 A = ATTACKER_A["_id"]
@@ -239,7 +239,7 @@ async def test_client_ahead_of_this_process_gets_no_duplicate_when_it_catches_up
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.lurestream(jetstream=True)
 async def test_ids_older_than_the_hubs_memory_are_replayed_from_jetstream(ls):
-    ls.hub.recent_max = 3  # a short memory: the gap below is read back from the stream
+    ls.hub.memory.max_events = 3  # a short memory: the gap below is read back from the stream
     client = await ls.attacker(A)
     await ls.publish_stored(SUBJECT, _payload(A, 0))
     last_id = (await client.next_event()).id
@@ -265,19 +265,19 @@ async def test_a_new_process_reads_recent_history_into_memory_without_sending_it
 
     seqs = [await ls.publish_stored(SUBJECT, _payload(A, n)) for n in range(5)]
     late = Hub(ls.nats_url, 16, jetstream=ls.config.jetstream, replay_max=100)
-    opened = late.subscribe([("attacker", A)])  # registered before the hub even connects
+    opened = Probe(late, [("attacker", A)])  # registered before the hub even connects
     await late.start()
     try:
         await ls.wait_for(lambda: late.position == seqs[-1], what="the new hub to read the history")
         assert opened.pending == 0, "history is not sent live"
-        fresh = late.subscribe([("attacker", A)])
+        fresh = Probe(late, [("attacker", A)])
         assert fresh.position == seqs[-1]
         outcome = await late.resume(fresh, str(seqs[1]))
         assert outcome.failed is None and [seq for seq, _, _ in outcome.items] == seqs[2:]
         assert late.stats.resumed_from_stream == 0, "served from memory"
         live = await ls.publish_stored(SUBJECT, _payload(A, 5))
         await ls.wait_for(lambda: late.position == live)
-        assert [seq for seq, _, _ in await fresh.get_batch(1)] == [live]
-        assert [seq for seq, _, _ in await opened.get_batch(1)] == [live]
+        assert [seq for seq, _, _ in fresh.take()] == [live]
+        assert [seq for seq, _, _ in opened.take()] == [live]
     finally:
         await late.close()

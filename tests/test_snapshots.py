@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import pytest
-from harness import ATTACKER_A, VIEWER
+from harness import ATTACKER_A, VIEWER, Probe
 
 from lurestream.hub import Hub
 from lurestream.snapshots import SnapshotReads
@@ -18,7 +18,8 @@ BODY = json.dumps({"payload": {"attacker_uuid": A}}).encode()
 
 def _jetstream_like(hub: Hub) -> None:
     """As after connecting to an empty stream: position 0, replay memory from 0."""
-    hub.position = hub._recent_floor = 0
+    hub.position = 0
+    hub.memory.start(0)
 
 
 def test_a_later_stream_shares_the_read_and_gets_the_events_it_could_not_reflect():
@@ -35,11 +36,11 @@ def test_a_later_stream_shares_the_read_and_gets_the_events_it_could_not_reflect
         async def must_not_run():
             raise AssertionError("a second query was made")
 
-        first = hub.subscribe([KEY])
+        first = Probe(hub, [KEY])
         t1 = asyncio.ensure_future(reads.read(KEY, first, slow_load))
         await asyncio.sleep(0)
         assert hub.dispatch("attacker.scored", BODY, seq=1) == 1  # after the read began
-        later = hub.subscribe([KEY])  # registers at position 1
+        later = Probe(hub, [KEY])  # registers at position 1
         t2 = asyncio.ensure_future(reads.read(KEY, later, must_not_run))
         await asyncio.sleep(0)
         gate.set()
@@ -65,10 +66,10 @@ def test_without_replay_memory_only_streams_registered_before_the_read_share_it(
             await asyncio.sleep(0.01)
             return {}
 
-        early = [hub.subscribe([KEY]) for _ in range(3)]
+        early = [Probe(hub, [KEY]) for _ in range(3)]
         await asyncio.gather(*(reads.read(KEY, s, load) for s in early))
         assert len(calls) == 1, "registered before the read began: shared"
-        late = hub.subscribe([KEY])
+        late = Probe(hub, [KEY])
         await reads.read(KEY, late, load)
         assert len(calls) == 2, "registered after it began: without replay memory it needs its own read"
 
@@ -86,10 +87,10 @@ def test_a_failed_read_is_not_shared_afterwards():
         async def fine():
             return {"ok": True}
 
-        s1 = hub.subscribe([KEY])
+        s1 = Probe(hub, [KEY])
         with pytest.raises(RuntimeError):
             await reads.read(KEY, s1, broken)
-        s2 = hub.subscribe([KEY])
+        s2 = Probe(hub, [KEY])
         assert (await reads.read(KEY, s2, fine)).data == {"ok": True}
 
     asyncio.run(scenario())

@@ -1,16 +1,14 @@
-"""Pure units: frame encoding, routing, the subscription queue, envelope decoding, limits."""
+"""Pure units: frame encoding, routing, the hub's fan-out, envelope decoding, limits."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
+from harness import Probe
 
 from lurestream import sse
 from lurestream.hub import Hub, MalformedMessage, decode_envelope
 from lurestream.limits import ConnectionLimiter
 from lurestream.routing import Route, attacker_keys, route
-from lurestream.subscription import DRAINING, LAGGING, Subscription
 
 
 def test_encode_frame_is_safe():
@@ -76,82 +74,36 @@ def test_decode_envelope():
             decode_envelope("s", bad)
 
 
-def test_subscription_overflow_ends_it_as_lagging_keeping_what_is_queued():
-    async def scenario():
-        overflowed, closed = [], []
-        sub = Subscription([("attacker", "u")], 2, on_overflow=overflowed.append, on_close=closed.append)
-        assert sub.put_nowait((1, b"1")) and sub.put_nowait((2, b"2"))
-        assert not sub.put_nowait((3, b"3")) and not sub.put_nowait((4, b"4"))
-        assert sub.closed and sub.reason == LAGGING
-        assert overflowed == [sub] and closed == [sub], "reported and unregistered once"
-        assert await sub.get_batch(1) == [(1, b"1"), (2, b"2")], "the reader still gets what was queued"
-        assert await sub.get_batch(1) is None
-
-    asyncio.run(scenario())
-
-
-def test_subscription_end_keeps_frames_close_discards_them():
-    async def scenario():
-        sub = Subscription([("a", "b")], 10)
-        sub.put_nowait((0, b"x"))
-        sub.end(DRAINING)
-        sub.close()
-        assert sub.reason == DRAINING, "the first reason sticks"
-        assert await sub.get_batch(1) is None, "close() discarded the queue: nothing is left to read"
-
-    asyncio.run(scenario())
-
-
-def test_subscription_get_batch_timeout_close():
-    async def scenario():
-        closed = []
-        sub = Subscription([("a", "b")], 10, on_close=closed.append)
-        assert await sub.get_batch(0.01) == []
-        sub.put_nowait((0, b"x"))
-        sub.put_nowait((0, b"y"))
-        assert await sub.get_batch(1) == [(0, b"x"), (0, b"y")]
-        waiter = asyncio.ensure_future(sub.get_batch(10))
-        await asyncio.sleep(0.01)
-        sub.close()
-        sub.close()
-        assert await asyncio.wait_for(waiter, 1) is None
-        assert closed == [sub]
-        assert not sub.put_nowait((0, b"z"))
-
-    asyncio.run(scenario())
-
-
 def test_hub_routes_in_one_lookup_and_encodes_once():
     hub = Hub("", queue_max=4)
-    a = hub.subscribe([("attacker", "u1"), ("ip", "1.1.1.1")])
-    b = hub.subscribe([("attacker", "u1")])
-    c = hub.subscribe([("attacker", "u2")])
+    a = Probe(hub, [("attacker", "u1"), ("ip", "1.1.1.1")])
+    b = Probe(hub, [("attacker", "u1")])
+    c = Probe(hub, [("attacker", "u2")])
     assert hub.dispatch("attacker.observation.x", b'{"payload": {"attacker_uuid": "u1"}}') == 2
-    (fa,), (fb,) = a._frames, b._frames
-    assert fa is fb, "one frame object shared by every subscriber"
+    (fa,), (fb,) = a.items, b.items
+    assert fa[1] is fb[1], "one frame object shared by every subscriber"
     assert c.pending == 0
     assert hub.dispatch("attacker.scored", b'{"payload": {"attacker_ip": "1.1.1.1"}}') == 1
     assert hub.dispatch("attacker.observation.x", b'{"payload": {"attacker_uuid": "nobody"}}') == 0
     assert hub.stats.unrouted == 1
-    for _ in range(5):
-        hub.dispatch("attacker.observation.x", b'{"payload": {"attacker_uuid": "u2"}}')
-    assert c.closed and c.reason == LAGGING and c.pending == 4 and hub.stats.lagging == 1
+    hub.unregister(c)
+    hub.unregister(c)
     assert hub.dispatch("attacker.observation.x", b'{"payload": {"attacker_uuid": "u2"}}') == 0, "unregistered"
-    for s in (a, b, c):
-        s.close()
+    for s in (a, b):
+        hub.unregister(s)
     assert hub.subscription_count == 0 and hub.routing_keys == 0
 
 
 def test_hub_stamps_stream_sequence_and_skips_redeliveries():
     hub = Hub("", queue_max=8)
-    sub = hub.subscribe([("attacker", "u1")])
+    sub = Probe(hub, [("attacker", "u1")])
     body = b'{"payload": {"attacker_uuid": "u1"}}'
     assert hub.dispatch("attacker.scored", body, seq=7) == 1
     assert hub.position == 7
     assert hub.dispatch("attacker.scored", body, seq=7) == 0, "a re-delivered sequence is not sent twice"
-    ((seq, frame, _ts),) = sub._frames
+    ((seq, frame, _ts),) = sub.items
     assert seq == 7 and frame.startswith(b"id: 7\nevent: attacker.scored\n")
-    assert hub.subscribe([("attacker", "u2")]).position == 7, "a subscription records where it registered"
+    assert Probe(hub, [("attacker", "u2")]).position == 7, "a stream records where it registered"
 
 
 def test_limiter():

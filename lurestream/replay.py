@@ -1,0 +1,178 @@
+"""Resume (SPEC §7): the process's memory of recent routed events, and the bounded JetStream scan.
+
+A stream that reconnects with a last event id L registers with the hub first, at position P, and is
+sent the events L+1…P it wants; later ones reach it live, so the two ranges meet without a gap or a
+duplicate (the stream drops live items ≤ max(L, P)).
+
+The memory holds the last ``max_events`` routed events — the same shared frame bytes the streams got
+— within ``max_bytes`` (SPEC §11), with the invariant: every routed event with a sequence in
+(``floor``, hub position] is here. At start-up the hub reads that much history into the memory only,
+so a freshly started process (a rolling deploy's reconnect target) resumes from memory too. Older ids
+are read back from JetStream with a short-lived pull consumer, at most ``replay_max`` messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from lurestream import jetstream
+from lurestream.routing import Key
+
+log = logging.getLogger("lurestream.replay")
+
+Item = tuple[int, bytes, float]  # (stream sequence or 0, the encoded frame, the envelope's ts)
+
+# why a resume could not be served (the stream then gets a snapshot with "resumed": false)
+RESUME_DISABLED = "jetstream_off"
+RESUME_INVALID = "invalid_id"
+RESUME_AHEAD = "ahead_of_stream"
+RESUME_EXPIRED = "not_retained"
+RESUME_TOO_FAR = "beyond_replay_max"
+RESUME_TOO_BIG = "beyond_stream_buffer"
+RESUME_UNAVAILABLE = "bus_unavailable"
+
+
+@dataclass
+class Resume:
+    """A resume's outcome: the replayed items (oldest first), or why it could not be served."""
+
+    items: list[Item]
+    failed: str | None = None
+
+
+class ReplayMemory:
+    """Recent routed events, bounded in count and bytes; see the module docstring for the invariant."""
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.floor: int | None = None  # None: the memory covers nothing (JetStream off or not started)
+        self.bytes = 0
+        self._events: deque[tuple[int, Key, Item]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def start(self, floor: int | None) -> None:
+        """Begin covering sequences after ``floor`` (forgetting anything older)."""
+        self._events.clear()
+        self.bytes = 0
+        self.floor = floor
+
+    def remember(self, seq: int, key: Key, item: Item) -> None:
+        events = self._events
+        events.append((seq, key, item))
+        self.bytes += len(item[1])
+        while events and (len(events) > self.max_events or self.bytes > self.max_bytes):
+            old_seq, _key, old = events.popleft()
+            self.bytes -= len(old[1])
+            self.floor = old_seq
+
+    def covers(self, after: int) -> bool:
+        return self.floor is not None and after >= self.floor
+
+    def between(self, after: int, until: int, keys: Iterable[Key]) -> list[Item] | None:
+        """The items for ``keys`` with ``after < seq <= until``, oldest first; None if the memory does
+        not reach back to ``after``."""
+        if not self.covers(after) or until < after:
+            return None
+        wanted = set(keys)
+        found = []
+        for seq, key, item in reversed(self._events):
+            if seq <= after:
+                break
+            if seq <= until and key in wanted:
+                found.append(item)
+        found.reverse()
+        return found
+
+
+class Replayer:
+    """Serves resumes for one hub: from its memory, else from its JetStream stream."""
+
+    def __init__(
+        self,
+        memory: ReplayMemory,
+        replay_max: int,
+        decode_item: Callable[[Msg, set[Key]], Item | None],
+        metrics: Any,
+        stats: Any,
+    ) -> None:
+        self.memory = memory
+        self.replay_max = replay_max
+        self.decode_item = decode_item  # a retained message as the item a wanting stream would get
+        self.metrics = metrics
+        self.stats = stats  # the hub's: resumed, resumed_from_stream, replayed, resume_failed
+
+    async def resume(
+        self,
+        position: int | None,
+        keys: Iterable[Key],
+        last_event_id: str,
+        js: JetStreamContext | None,
+        stream: str,
+        caught_up: asyncio.Event,
+    ) -> Resume:
+        """The retained events after ``last_event_id`` up to ``position`` (where the stream registered)
+        for ``keys``."""
+        if js is None or position is None or not stream:
+            return self.failed(RESUME_DISABLED)
+        raw = last_event_id.strip()
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+            return self.failed(RESUME_INVALID)
+        if not caught_up.is_set():  # just started: the memory is still filling
+            try:
+                await asyncio.wait_for(caught_up.wait(), 10)
+            except asyncio.TimeoutError:
+                return self.failed(RESUME_UNAVAILABLE)
+        after, until = int(raw), position
+        if after > until:  # the client saw more than this process has yet: live covers it (floor = after)
+            try:
+                state = await jetstream.stream_state(js, stream)
+            except Exception as exc:
+                log.warning("resume: cannot read stream %s: %s", stream, exc)
+                return self.failed(RESUME_UNAVAILABLE)
+            return self.failed(RESUME_AHEAD) if after > state.last_seq else self.resumed(Resume([]))
+        if until - after > self.replay_max:
+            return self.failed(RESUME_TOO_FAR)
+        if after == until:
+            return self.resumed(Resume([]))
+        remembered = self.memory.between(after, until, keys)
+        if remembered is not None:
+            return self.resumed(Resume(remembered))
+        wanted = set(keys)
+        items: list[Item] = []
+        try:
+            state = await jetstream.stream_state(js, stream)
+            if after + 1 < state.first_seq:
+                return self.failed(RESUME_EXPIRED)
+            async for msg in jetstream.scan(js, stream, after + 1, until):
+                item = self.decode_item(msg, wanted)
+                if item is not None:
+                    items.append(item)
+        except Exception as exc:
+            log.warning("resume: reading stream %s failed: %s", stream, exc)
+            return self.failed(RESUME_UNAVAILABLE)
+        self.stats.resumed_from_stream += 1
+        return self.resumed(Resume(items), "jetstream")
+
+    def resumed(self, outcome: Resume, source: str = "memory") -> Resume:
+        self.stats.resumed += 1
+        self.stats.replayed += len(outcome.items)
+        if self.metrics is not None:
+            self.metrics.resumes.labels(source).inc()
+        return outcome
+
+    def failed(self, reason: str) -> Resume:
+        self.stats.resume_failed[reason] = self.stats.resume_failed.get(reason, 0) + 1
+        if self.metrics is not None:
+            self.metrics.resumes.labels(reason).inc()
+        return Resume([], failed=reason)

@@ -1,0 +1,463 @@
+"""The live phase: one writer per process, one small object per open stream (DESIGN §7, SPEC §7).
+
+Tornado does everything up to a stream's live phase — parsing, auth, 404, 429, the response headers'
+contents — and then the handler hands the socket over (:meth:`LiveWriter.open`). From there a stream
+is a :class:`LiveStream`: the socket, the frames waiting for it, its keys and its position. No
+coroutine, future, IOStream or timer per stream.
+
+- **Fan-out**: the hub calls ``put_nowait`` with the frame bytes it encoded once; the stream appends a
+  reference (no copy) and is marked dirty. One flush per event-loop tick sends each dirty stream's
+  frames as one HTTP chunk with one ``sendmsg`` (scatter-gather: the shared frames are never joined).
+- **Back-pressure**: what the kernel does not take is kept (``unsent``) and sent when the socket is
+  writable again. A stream holding more than ``max_bytes`` (``LURESTREAM_STREAM_BUFFER_BYTES``) or
+  ``queue_max`` frames is *lagging*: it stops receiving at once, gets what is queued and a ``retry:``
+  hint, and is closed, so the client reconnects and resumes.
+- **One sweep** a fraction of a second apart does what would otherwise be a timer per stream:
+  keepalives for idle streams, the send timeout of stalled ones, and (SPEC §12) credential expiry.
+- **A peer's close** is seen on the read side (the socket is watched for reading), without a write.
+
+Every exit goes through :meth:`LiveWriter._finish`, which gives back the hub registration, the user's
+slot, the per-address count and the metrics gauge, and ends the stream's trace span.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from lurestream import sse
+from lurestream.routing import Key
+
+log = logging.getLogger("lurestream.writer")
+
+# why a stream ended (the metrics label of its disconnect)
+CLIENT_CLOSED = "client_closed"
+LAGGING = "lagging"
+DRAINING = "draining"
+SEND_TIMEOUT = "send_timeout"
+ERROR = "error"
+SNAPSHOT_FAILED = "snapshot_failed"
+SHUTDOWN = "shutdown"
+
+CRLF = b"\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+IOV_MAX = 512  # frames per sendmsg; beyond this they are joined (Linux allows 1024 buffers)
+
+
+class LiveStream:
+    """One open stream in its live phase. Small on purpose: tens of thousands are open at once."""
+
+    __slots__ = (
+        "writer",
+        "sock",
+        "fd",
+        "keys",
+        "position",
+        "serial",
+        "user",
+        "kind",
+        "address",
+        "chunked",
+        "live",
+        "held",
+        "floor",
+        "frames",
+        "frames_bytes",
+        "unsent",
+        "unsent_offset",
+        "dirty",
+        "closing",
+        "closed",
+        "reason",
+        "last_sent",
+        "stalled_since",
+        "span",
+        "expires",
+        "jti",
+        "__weakref__",
+    )
+
+    def __init__(self, writer: LiveWriter, sock: socket.socket, keys: tuple[Key, ...], user: str, kind: str) -> None:
+        self.writer = writer
+        self.sock: socket.socket | None = sock
+        self.fd = sock.fileno()
+        self.keys = keys
+        self.position: int | None = None  # the hub's stream sequence when this stream registered
+        self.serial = 0  # the hub's registration counter when it registered (see snapshots.py)
+        self.user = user
+        self.kind = kind
+        self.address = ""  # the client address counted by the edge ("" when not counted)
+        self.chunked = True
+        self.live = False  # False while the snapshot or replay is being read: live items are held
+        self.held: list[tuple[int, bytes]] | None = []
+        self.floor = 0  # live items with a sequence at or below this are duplicates (after a resume)
+        self.frames: list[bytes] = []  # encoded frames not yet handed to the kernel
+        self.frames_bytes = 0
+        self.unsent: bytes | None = None  # a chunk the kernel took part of; the rest goes first
+        self.unsent_offset = 0
+        self.dirty = False
+        self.closing = False  # ended: what is queued (and a final frame) goes out, then the socket closes
+        self.closed = False
+        self.reason: str | None = None
+        self.last_sent = 0.0
+        self.stalled_since = 0.0  # when the kernel last refused part of a chunk (0: not stalled)
+        self.span: Any = None
+        self.expires = 0.0  # epoch seconds the credential expires (0: never checked)
+        self.jti = ""
+
+    # -- what the hub and the tests see ----------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Frames queued and not yet handed to the kernel."""
+        return len(self.frames) + (len(self.held) if self.held else 0)
+
+    @property
+    def unflushed(self) -> int:
+        """Bytes queued here that the kernel has not taken."""
+        return self.frames_bytes + (len(self.unsent) - self.unsent_offset if self.unsent is not None else 0)
+
+    def put_nowait(self, item: tuple[int, bytes, float]) -> bool:
+        """Queue a live frame (the hub's fan-out); False when ended, a duplicate, or the stream lags."""
+        if self.closing:
+            return False
+        seq, frame, _ts = item
+        if not self.live:
+            held = self.held
+            assert held is not None
+            held.append((seq, frame))
+            self.frames_bytes += len(frame)
+        else:
+            if seq and seq <= self.floor:
+                return False
+            self.frames.append(frame)
+            self.frames_bytes += len(frame)
+        writer = self.writer
+        size = self.frames_bytes if self.unsent is None else self.frames_bytes + len(self.unsent) - self.unsent_offset
+        if size > writer.max_bytes or self.pending > writer.queue_max:
+            writer.lagging(self)
+            return False
+        if not self.dirty and self.live:
+            self.dirty = True
+            writer.mark(self)
+        return True
+
+    # -- the phases ----------------------------------------------------------------------------------
+    def go_live(self, opening: list[bytes], floor: int) -> None:
+        """Send ``opening`` (the snapshot, or a resume's frames), then the live frames held meanwhile
+        that are newer than ``floor``, then live frames as they come."""
+        if self.closing:
+            return
+        held, self.held = self.held or [], None
+        self.floor = floor
+        self.live = True
+        frames = list(opening)
+        frames.extend(frame for seq, frame in held if not (seq and seq <= floor))
+        self.frames = frames
+        self.frames_bytes = sum(len(f) for f in frames)
+        self.dirty = True
+        self.writer.mark(self)
+
+    def end(self, reason: str, final: bytes = b"") -> None:
+        """Stop receiving, send what is queued and ``final``, end the response, close. Idempotent."""
+        if self.closing:
+            return
+        self.closing = True
+        self.reason = reason
+        self.writer.hub_unregister(self)
+        if not self.live:  # nothing but the headers went out: the held frames have no snapshot to follow
+            self.held = None
+            self.frames = []
+            self.frames_bytes = 0
+            self.live = True
+        if final:
+            self.frames.append(final)
+            self.frames_bytes += len(final)
+        if not self.dirty:
+            self.dirty = True
+            self.writer.mark(self)
+
+    # -- sending -------------------------------------------------------------------------------------
+    def flush(self, now: float) -> None:
+        """Hand what is queued to the kernel as one chunk; keep what it does not take."""
+        self.dirty = False
+        sock = self.sock
+        if sock is None:
+            return
+        if self.unsent is not None and not self._send_unsent(sock, now):
+            return
+        frames = self.frames
+        if not frames and not self.closing:
+            return
+        size = self.frames_bytes
+        if self.chunked:
+            if len(frames) > IOV_MAX:
+                frames = [b"".join(frames)]
+            buffers = [b"%x\r\n" % size, *frames, CRLF] if size else []
+            if self.closing:
+                buffers.append(LAST_CHUNK)
+        else:
+            buffers = frames if len(frames) <= IOV_MAX else [b"".join(frames)]
+        self.frames = []
+        self.frames_bytes = 0
+        total = sum(len(b) for b in buffers)
+        sent = 0
+        if total:
+            try:
+                sent = sock.sendmsg(buffers)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.writer.abort(self, CLIENT_CLOSED)
+                return
+        if sent < total:
+            self.unsent = b"".join(buffers)[sent:]
+            self.unsent_offset = 0
+            if not self.stalled_since:
+                self.stalled_since = now
+            self.writer.want_writable(self)
+            return
+        self.last_sent = now
+        if self.closing:
+            self.writer.abort(self, self.reason or CLIENT_CLOSED)
+
+    def _send_unsent(self, sock: socket.socket, now: float) -> bool:
+        """Send the rest of a partly sent chunk; True once it is all out."""
+        assert self.unsent is not None
+        try:
+            sent = sock.send(memoryview(self.unsent)[self.unsent_offset :])
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            self.writer.abort(self, CLIENT_CLOSED)
+            return False
+        self.unsent_offset += sent
+        if self.unsent_offset < len(self.unsent):
+            return False
+        self.unsent = None
+        self.unsent_offset = 0
+        self.stalled_since = 0.0
+        self.last_sent = now
+        self.writer.unwatch_writable(self)
+        return True
+
+
+class LiveWriter:
+    """Owns every stream in its live phase for one process (see the module docstring)."""
+
+    def __init__(
+        self,
+        hub: Any,
+        *,
+        keepalive_seconds: float,
+        send_timeout_seconds: float,
+        retry_ms: int,
+        max_bytes: int,
+        queue_max: int,
+        on_finish: Callable[[LiveStream], None] | None = None,
+        on_lagging: Callable[[LiveStream], None] | None = None,
+        on_send_timeout: Callable[[LiveStream], None] | None = None,
+        on_flushed: Callable[[float], None] | None = None,
+    ) -> None:
+        """``on_flushed(age)``: after a flush tick, the age in seconds of the oldest event it carried
+        (envelope ``ts`` to now) — the delivery latency, measured once per tick, not per stream."""
+        self.hub = hub
+        self.keepalive_seconds = keepalive_seconds
+        self.send_timeout_seconds = send_timeout_seconds
+        self.retry_ms = retry_ms
+        self.max_bytes = max_bytes
+        self.queue_max = queue_max
+        self.on_finish = on_finish
+        self.on_lagging = on_lagging
+        self.on_send_timeout = on_send_timeout
+        self.on_flushed = on_flushed
+        self.streams: set[LiveStream] = set()
+        self._oldest_ts = float("inf")  # the oldest event queued since the last flush
+        self._dirty: list[LiveStream] = []
+        self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.checks: list[Callable[[float], None]] = []  # extra work for each sweep (credential checks)
+
+    # -- life of the writer ------------------------------------------------------------------------
+    @property
+    def sweep_interval(self) -> float:
+        return max(0.05, min(1.0, self.keepalive_seconds / 4, self.send_timeout_seconds / 4))
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sweeper = self._loop.call_later(self.sweep_interval, self._sweep)
+
+    def close(self) -> None:
+        """Close every stream at once (the end of shutdown)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for stream in list(self.streams):
+            self.abort(stream, SHUTDOWN)
+
+    # -- opening -------------------------------------------------------------------------------------
+    def open(
+        self,
+        sock: socket.socket,
+        keys: list[Key],
+        head: bytes,
+        *,
+        user: str,
+        kind: str,
+        address: str = "",
+        chunked: bool = True,
+    ) -> LiveStream:
+        """Take over a connection whose request passed every check: register it with the hub (before
+        any snapshot read, so nothing published from now on is missed) and send the response head and
+        the opening keepalive at once."""
+        loop = self._loop or asyncio.get_running_loop()
+        sock.setblocking(False)
+        stream = LiveStream(self, sock, tuple(keys), user, kind)
+        stream.address = address
+        stream.chunked = chunked
+        self.hub.register(stream)
+        self.streams.add(stream)
+        loop.add_reader(stream.fd, self._readable, stream)
+        first = head + (b"%x\r\n%s\r\n" % (len(sse.KEEPALIVE), sse.KEEPALIVE) if chunked else sse.KEEPALIVE)
+        stream.unsent = first
+        stream._send_unsent(sock, loop.time()) if stream.sock is not None else None
+        if stream.unsent is not None and not stream.closed:
+            stream.stalled_since = loop.time()
+            self.want_writable(stream)
+        return stream
+
+    # -- flushing --------------------------------------------------------------------------------------
+    def note_delivered(self, ts: float) -> None:
+        """The hub delivered an event with this envelope ``ts`` (called once per event)."""
+        if ts < self._oldest_ts:
+            self._oldest_ts = ts
+
+    def mark(self, stream: LiveStream) -> None:
+        self._dirty.append(stream)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            (self._loop or asyncio.get_running_loop()).call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Once per loop tick: one send per dirty stream."""
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        now = (self._loop or asyncio.get_running_loop()).time()
+        for stream in dirty:
+            if stream.dirty:
+                stream.flush(now)
+        oldest, self._oldest_ts = self._oldest_ts, float("inf")
+        if self.on_flushed is not None and oldest != float("inf"):
+            self.on_flushed(max(time.time() - oldest, 0.0))
+
+    def want_writable(self, stream: LiveStream) -> None:
+        if stream.sock is not None:
+            (self._loop or asyncio.get_running_loop()).add_writer(stream.fd, self._writable, stream)
+
+    def unwatch_writable(self, stream: LiveStream) -> None:
+        if stream.sock is not None:
+            (self._loop or asyncio.get_running_loop()).remove_writer(stream.fd)
+
+    def _writable(self, stream: LiveStream) -> None:
+        now = (self._loop or asyncio.get_running_loop()).time()
+        stream.flush(now)
+
+    def _readable(self, stream: LiveStream) -> None:
+        """The client sent something or went away: EOF or an error ends the stream at once; bytes
+        (nothing a client should send now) are read and dropped."""
+        sock = stream.sock
+        if sock is None:
+            return
+        try:
+            data = sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.abort(stream, CLIENT_CLOSED)
+
+    # -- ending ----------------------------------------------------------------------------------------
+    def retry_frame(self) -> bytes:
+        import random
+
+        return sse.retry_frame(int(self.retry_ms * random.uniform(0.5, 1.5)))
+
+    def lagging(self, stream: LiveStream) -> None:
+        if self.on_lagging is not None:
+            self.on_lagging(stream)
+        stream.end(LAGGING, self.retry_frame())
+
+    def drain(self, stream: LiveStream) -> None:
+        stream.end(DRAINING, self.retry_frame())
+
+    def drain_all(self) -> None:
+        """End every stream with a ``retry:`` hint (a shutdown without the spread)."""
+        for stream in list(self.streams):
+            self.drain(stream)
+
+    def hub_unregister(self, stream: LiveStream) -> None:
+        self.hub.unregister(stream)
+
+    def abort(self, stream: LiveStream, reason: str) -> None:
+        """Close the socket now (nothing more can or need be written) and give everything back."""
+        if stream.closed:
+            return
+        stream.closed = True
+        stream.closing = True
+        if stream.reason is None or reason in (SEND_TIMEOUT, CLIENT_CLOSED) and stream.reason == LAGGING:
+            stream.reason = stream.reason or reason
+        self.hub.unregister(stream)
+        sock, stream.sock = stream.sock, None
+        if sock is not None:
+            loop = self._loop or asyncio.get_running_loop()
+            loop.remove_reader(stream.fd)
+            loop.remove_writer(stream.fd)
+            sock.close()
+        stream.frames = []
+        stream.unsent = None
+        stream.held = None
+        self.streams.discard(stream)
+        if self.on_finish is not None:
+            self.on_finish(stream)
+
+    # -- the sweep -------------------------------------------------------------------------------------
+    def _sweep(self) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        now = loop.time()
+        try:
+            self.sweep(now)
+            for check in self.checks:
+                check(time.time())
+        finally:
+            self._sweeper = loop.call_later(self.sweep_interval, self._sweep)
+
+    def sweep(self, now: float) -> None:
+        """Keepalives for idle streams and the send timeout for stalled ones."""
+        keepalive_before = now - self.keepalive_seconds
+        stalled_before = now - self.send_timeout_seconds
+        position = self.hub.live_position
+        for stream in list(self.streams):
+            if stream.stalled_since:
+                if stream.stalled_since < stalled_before:
+                    log.warning("send timeout after %.1fs; closing a %s stream", self.send_timeout_seconds, stream.kind)
+                    if self.on_send_timeout is not None:
+                        self.on_send_timeout(stream)
+                    self.abort(stream, SEND_TIMEOUT)
+                continue
+            if stream.closing or stream.frames or stream.last_sent > keepalive_before:
+                continue
+            if stream.live and position is not None:
+                frame = sse.keepalive_frame(max(position, stream.floor))
+            else:
+                frame = sse.KEEPALIVE
+            stream.frames.append(frame)
+            stream.frames_bytes += len(frame)
+            stream.last_sent = now  # not again before the next interval, even if this one stalls
+            if not stream.dirty:
+                stream.dirty = True
+                self.mark(stream)
