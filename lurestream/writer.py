@@ -121,28 +121,37 @@ class LiveStream:
         return self.frames_bytes + (len(self.unsent) - self.unsent_offset if self.unsent is not None else 0)
 
     def put_nowait(self, item: tuple[int, bytes, float]) -> bool:
-        """Queue a live frame (the hub's fan-out); False when ended, a duplicate, or the stream lags."""
+        """Queue a live frame (the hub's fan-out); False when ended, a duplicate, or the stream lags.
+
+        The hot path of every delivery: a reference appended, a size checked, the stream marked dirty.
+        """
         if self.closing:
             return False
-        seq, frame, _ts = item
-        if not self.live:
-            held = self.held
-            assert held is not None
-            held.append((seq, frame))
-            self.frames_bytes += len(frame)
-        else:
+        seq = item[0]
+        frame = item[1]
+        writer = self.writer
+        if self.live:
             if seq and seq <= self.floor:
                 return False
-            self.frames.append(frame)
-            self.frames_bytes += len(frame)
-        writer = self.writer
-        size = self.frames_bytes if self.unsent is None else self.frames_bytes + len(self.unsent) - self.unsent_offset
-        if size > writer.max_bytes or self.pending > writer.queue_max:
+            frames = self.frames
+            frames.append(frame)
+            size = self.frames_bytes = self.frames_bytes + len(frame)
+            if self.unsent is not None:
+                size += len(self.unsent) - self.unsent_offset
+            if size > writer.max_bytes or len(frames) > writer.queue_max:
+                writer.lagging(self)
+                return False
+            if not self.dirty:
+                self.dirty = True
+                writer.mark(self)
+            return True
+        held = self.held
+        assert held is not None
+        held.append((seq, frame))
+        self.frames_bytes += len(frame)
+        if self.frames_bytes > writer.max_bytes or len(held) > writer.queue_max:
             writer.lagging(self)
             return False
-        if not self.dirty and self.live:
-            self.dirty = True
-            writer.mark(self)
         return True
 
     # -- the phases ----------------------------------------------------------------------------------
@@ -192,18 +201,36 @@ class LiveStream:
         frames = self.frames
         if not frames and not self.closing:
             return
+        self.frames = []
         size = self.frames_bytes
+        self.frames_bytes = 0
+        if len(frames) == 1 and self.chunked and not self.closing:
+            # the common case: one frame, shared by every stream it went to, so its chunk is too
+            data = self.writer.chunk_of(frames[0])
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.writer.abort(self, CLIENT_CLOSED)
+                return
+            if sent < len(data):
+                self._stalled(data, sent, now)
+                return
+            self.last_sent = now
+            return
         if self.chunked:
             if len(frames) > IOV_MAX:
                 frames = [b"".join(frames)]
-            buffers = [b"%x\r\n" % size, *frames, CRLF] if size else []
+            head = b"%x\r\n" % size
+            buffers = [head, *frames, CRLF] if size else []
+            total = size + len(head) + 2 if size else 0
             if self.closing:
                 buffers.append(LAST_CHUNK)
+                total += len(LAST_CHUNK)
         else:
             buffers = frames if len(frames) <= IOV_MAX else [b"".join(frames)]
-        self.frames = []
-        self.frames_bytes = 0
-        total = sum(len(b) for b in buffers)
+            total = size
         sent = 0
         if total:
             try:
@@ -214,15 +241,19 @@ class LiveStream:
                 self.writer.abort(self, CLIENT_CLOSED)
                 return
         if sent < total:
-            self.unsent = b"".join(buffers)[sent:]
-            self.unsent_offset = 0
-            if not self.stalled_since:
-                self.stalled_since = now
-            self.writer.want_writable(self)
+            self._stalled(b"".join(buffers), sent, now)
             return
         self.last_sent = now
         if self.closing:
             self.writer.abort(self, self.reason or CLIENT_CLOSED)
+
+    def _stalled(self, data: bytes, sent: int, now: float) -> None:
+        """The kernel took ``sent`` bytes of ``data``: keep the rest, wait until it can take more."""
+        self.unsent = data
+        self.unsent_offset = sent
+        if not self.stalled_since:
+            self.stalled_since = now
+        self.writer.want_writable(self)
 
     def _send_unsent(self, sock: socket.socket, now: float) -> bool:
         """Send the rest of a partly sent chunk; True once it is all out."""
@@ -276,6 +307,7 @@ class LiveWriter:
         self.on_flushed = on_flushed
         self.streams: set[LiveStream] = set()
         self._oldest_ts = float("inf")  # the oldest event queued since the last flush
+        self._chunks: dict[bytes, bytes] = {}  # this tick's frames as HTTP chunks (shared by their streams)
         self._dirty: list[LiveStream] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -336,6 +368,13 @@ class LiveWriter:
         if ts < self._oldest_ts:
             self._oldest_ts = ts
 
+    def chunk_of(self, frame: bytes) -> bytes:
+        """``frame`` as one HTTP/1.1 chunk, built once per tick however many streams send it."""
+        chunk = self._chunks.get(frame)
+        if chunk is None:
+            chunk = self._chunks[frame] = b"%x\r\n%s\r\n" % (len(frame), frame)
+        return chunk
+
     def mark(self, stream: LiveStream) -> None:
         self._dirty.append(stream)
         if not self._flush_scheduled:
@@ -350,6 +389,7 @@ class LiveWriter:
         for stream in dirty:
             if stream.dirty:
                 stream.flush(now)
+        self._chunks.clear()
         oldest, self._oldest_ts = self._oldest_ts, float("inf")
         if self.on_flushed is not None and oldest != float("inf"):
             self.on_flushed(max(time.time() - oldest, 0.0))
