@@ -80,7 +80,7 @@ class Metrics:
         )
         self.snapshot_queries = Counter(
             "lurestream_snapshot_queries_total",
-            "Snapshot store reads made (shared reads count once)",
+            "Snapshot store queries made (shared reads count once; one query may serve several attackers)",
             registry=registry,
         )
         self.delivery_seconds = Histogram(

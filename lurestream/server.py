@@ -24,6 +24,7 @@ from opentelemetry.trace import Tracer
 from tornado.ioloop import PeriodicCallback
 
 from lurestream.auth import Authenticator
+from lurestream.batching import StoreReads
 from lurestream.cache import TTLCache
 from lurestream.config import Config
 from lurestream.edge import ConnectionCounter, EdgeLimits, EdgeServer
@@ -62,6 +63,7 @@ class Services:
     connections: ConnectionCounter
     mint_rate: MintRate
     writer: LiveWriter
+    reads: StoreReads
     _housekeeping: PeriodicCallback | None = None
 
     @classmethod
@@ -112,6 +114,7 @@ class Services:
             connections,
             MintRate(*config.mint_rate),
             writer,
+            StoreReads(the_store, on_snapshot_query=lambda _keys: metrics.snapshot_queries.inc()),
         )
 
     async def start(self) -> None:
@@ -175,6 +178,7 @@ def make_app(services: Services, **settings: Any) -> tornado.web.Application:
         resources=services.resources,
         mint_rate=services.mint_rate,
         writer=services.writer,
+        reads=services.reads,
     )
     app_settings: dict[str, Any] = dict(
         cors_origins=config.cors_origins,

@@ -56,9 +56,7 @@ class SnapshotReads:
                 if gap is not None:
                     return Snapshot(dict(await asyncio.shield(shared.future)), shared.position, gap)
         read = _Read(asyncio.ensure_future(load()), self.hub.serial, self.hub.live_position)
-        self.queries += 1
-        if self.metrics is not None:
-            self.metrics.snapshot_queries.inc()
+        self.queries += 1  # snapshot reads started (each may share a store query with others: batching.py)
         self._reads[key] = read
         read.future.add_done_callback(lambda f: self._finished(key, read))
         return Snapshot(dict(await asyncio.shield(read.future)), sub.position, [])

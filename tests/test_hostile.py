@@ -133,13 +133,13 @@ async def test_a_signed_token_with_a_string_or_infinite_exp_is_401_every_time(ls
 @pytest.mark.gen_test
 async def test_overlong_ids_are_404_without_a_store_query(ls):
     calls = []
-    original = ls.services.store.get_attacker
+    original = ls.services.store.get_attackers
 
-    async def counted(uuid):
-        calls.append(uuid)
-        return await original(uuid)
+    async def counted(uuids):
+        calls.append(uuids)
+        return await original(uuids)
 
-    ls.services.store.get_attacker = counted
+    ls.services.store.get_attackers = counted
     response = await ls.fetch("GET", f"/api/v1/attackers/{'x' * 129}/events", bearer=ls.token())
     assert response.code == 404 and json.loads(response.body) == {"detail": "Attacker not found"}
     assert calls == []

@@ -17,15 +17,15 @@ async def test_snapshot_failure_sends_error_frame_and_ends(private_mongo, nats_s
     svc = private_mongo
     async with standalone(nats_service.url, svc.url, "d", settings={"mongo_timeout_ms": 300}) as ls:
         store = ls.services.store
-        original = store.latest_observations
+        original = store.latest_observations_many
         entered, gate = asyncio.Event(), asyncio.Event()
 
-        async def held(attacker_uuid):
+        async def held(attacker_uuids):
             entered.set()
             await gate.wait()
-            return await original(attacker_uuid)
+            return await original(attacker_uuids)
 
-        store.latest_observations = held
+        store.latest_observations_many = held
         client = await ls.open(f"/api/v1/attackers/{A}/events", token=ls.token())
         await asyncio.wait_for(entered.wait(), 5)
         svc.stop()

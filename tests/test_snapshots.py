@@ -108,3 +108,23 @@ async def test_a_burst_of_streams_on_one_attacker_costs_one_snapshot_query(ls):
     await ls.publish("attacker.scored", {"attacker_uuid": A, "n": 1})
     for client in clients:
         assert (await client.next_event()).json()["payload"]["n"] == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(jetstream=True, sse_max_per_user=200)
+async def test_a_storm_over_many_attackers_is_read_with_a_few_batched_queries(ls):
+    """Streams on 40 different attackers opening together: their attacker documents and snapshots go
+    to the store as a few $in queries, not one per attacker (batching.py)."""
+    ids = [f"storm-{i}" for i in range(40)]
+    ls.db.attackers.insert_many([{"_id": i, "ip": f"198.51.100.{n}"} for n, i in enumerate(ids)])
+    ls.db.observations.insert_many(
+        [{"attacker_uuid": i, "primitive": "ja3", "value": i, "confidence": 1.0, "ts": 1.0, "source": "s"} for i in ids]
+    )
+    reads = ls.services.reads
+    token = ls.token(VIEWER)
+    clients = await asyncio.gather(*(ls.open(f"/api/v1/attackers/{i}/events", token=token) for i in ids))
+    snapshots = await asyncio.gather(*(c.start_stream() for c in clients))
+    for attacker, snap in zip(ids, snapshots, strict=True):
+        assert snap.json()["observations"][0]["value"] == attacker, "each stream gets its own attacker's state"
+    assert reads.attackers.queries <= 10, f"{reads.attackers.queries} queries for 40 attackers"
+    assert reads.observations.queries <= 10, f"{reads.observations.queries} queries for 40 snapshots"

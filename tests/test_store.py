@@ -82,6 +82,40 @@ async def test_latest_observations(store, mongo, monkeypatch, scan_limit):
 
 
 @pytest.mark.gen_test
+@pytest.mark.parametrize("scan_limit", [2000, 2], ids=["find-sorted", "group-fallback"])
+async def test_batched_reads_answer_each_key_as_its_own_read_would(store, mongo, monkeypatch, scan_limit):
+    """The connect path reads several attackers with one $in query (batching.py): same answers."""
+    monkeypatch.setattr("lurestream.store.mongo.SCAN_LIMIT", scan_limit)
+    mongo.attackers.insert_one({"_id": "third", "ip": "192.0.2.3"})
+    mongo.observations.insert_many(
+        [
+            {
+                "attacker_uuid": u,
+                "primitive": p,
+                "value": f"{u}-{p}-{ts}",
+                "confidence": 1,
+                "ts": float(ts),
+                "source": "s",
+            }
+            for u in (A, "third")
+            for p in ("z", "a")
+            for ts in (1, 5, 3)
+        ]
+    )
+    uuids = [A, "third", "missing"]
+    found = await store.get_attackers(uuids)
+    assert set(found) == {A, "third"} and found[A]["ip"] == ATTACKER_A["ip"]
+    many = await store.latest_observations_many(uuids)
+    for uuid in uuids:
+        assert many[uuid] == await store.latest_observations(uuid)
+    assert [(o["primitive"], o["ts"]) for o in many["third"]] == [("a", 5.0), ("z", 5.0)]
+    assert many["missing"] == []
+    assert set(await store.get_topologies(["topo-1", "topo-2", "nope"])) == {"topo-1", "topo-2"}
+    mutations = await store.in_flight_mutations_many(["topo-1", "nope"])
+    assert mutations == {"topo-1": await store.in_flight_mutations("topo-1"), "nope": []}
+
+
+@pytest.mark.gen_test
 async def test_in_flight_mutations_json_ready(store, mongo):
     t = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     mongo.topology_mutations.insert_many(

@@ -294,14 +294,14 @@ async def test_event_published_during_snapshot_read_is_delivered(ls):
     store = ls.services.store
     gate = asyncio.Event()
     entered = asyncio.Event()
-    original = store.latest_observations
+    original = store.latest_observations_many
 
-    async def held_snapshot(attacker_uuid):
+    async def held_snapshot(attacker_uuids):
         entered.set()
         await gate.wait()
-        return await original(attacker_uuid)
+        return await original(attacker_uuids)
 
-    store.latest_observations = held_snapshot
+    store.latest_observations_many = held_snapshot
     try:
         client = await ls.open(f"/api/v1/attackers/{A}/events", token=ls.token())
         await asyncio.wait_for(entered.wait(), 5)
@@ -312,7 +312,7 @@ async def test_event_published_during_snapshot_read_is_delivered(ls):
         frame = await client.next_event()
         assert frame.json()["payload"]["during"] == "snapshot"
     finally:
-        store.latest_observations = original
+        store.latest_observations_many = original
 
 
 @pytest.mark.gen_test

@@ -13,14 +13,14 @@ class AttackerEventsHandler(StreamHandler):
     not_found = "Attacker not found"
 
     async def load(self, resource_id: str) -> dict[str, Any] | None:
-        return await self.store.get_attacker(resource_id)
+        return await self.reads.attackers.get(resource_id)
 
     def keys(self, resource: dict[str, Any]) -> list[Key]:
         # ip and identity_id are read once, when the stream opens (SPEC §3).
         return attacker_keys(resource)
 
     async def snapshot(self, resource: dict[str, Any]) -> dict[str, Any]:
-        observations = await self.store.latest_observations(resource["_id"])
+        observations = await self.reads.observations.get(resource["_id"]) or []
         return {"attacker_uuid": resource["_id"], "observations": observations}
 
 

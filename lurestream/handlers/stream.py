@@ -19,6 +19,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Tracer
 
 from lurestream import sse
+from lurestream.batching import StoreReads
 from lurestream.cache import TTLCache
 from lurestream.edge import GuardedStream
 from lurestream.handlers.base import STORE_UNAVAILABLE, ApiError, BaseHandler
@@ -51,6 +52,7 @@ class StreamHandler(BaseHandler):
     snapshots: SnapshotReads
     resources: TTLCache[dict[str, Any] | None]
     writer: LiveWriter
+    reads: StoreReads
     _span: Span | None = None
 
     # -- what a concrete stream provides ---------------------------------------------------------

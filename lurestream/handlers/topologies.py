@@ -13,13 +13,13 @@ class TopologyEventsHandler(StreamHandler):
     not_found = "Topology not found"
 
     async def load(self, resource_id: str) -> dict[str, Any] | None:
-        return await self.store.get_topology(resource_id)
+        return await self.reads.topologies.get(resource_id)
 
     def keys(self, resource: dict[str, Any]) -> list[Key]:
         return topology_keys(resource)
 
     async def snapshot(self, resource: dict[str, Any]) -> dict[str, Any]:
-        in_flight = await self.store.in_flight_mutations(resource["_id"])
+        in_flight = await self.reads.mutations.get(resource["_id"]) or []
         return {"topology_id": resource["_id"], "status": resource.get("status"), "in_flight": in_flight}
 
 

@@ -161,24 +161,46 @@ class MongoStore:
         cursor = self.db.topologies.find({}, {"status": 1}).sort("_id", 1).limit(limit)
         return await self._to_list(cursor)
 
-    @_unavailable
+    @_quick
+    async def get_attackers(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
+        cursor = self.db.attackers.find({"_id": {"$in": uuids}}, {"ip": 1, "identity_id": 1})
+        return {doc["_id"]: doc for doc in await self._to_list(cursor)}
+
+    @_quick
+    async def get_topologies(self, topology_ids: list[str]) -> dict[str, dict[str, Any]]:
+        cursor = self.db.topologies.find({"_id": {"$in": topology_ids}}, {"status": 1})
+        return {doc["_id"]: doc for doc in await self._to_list(cursor)}
+
     async def latest_observations(self, attacker_uuid: str) -> list[dict[str, Any]]:
+        return (await self.latest_observations_many([attacker_uuid]))[attacker_uuid]
+
+    @_unavailable
+    async def latest_observations_many(self, uuids: list[str]) -> dict[str, list[dict[str, Any]]]:
         # A find sorted like the (attacker_uuid, primitive, ts desc) index, first row per primitive kept:
         # an index scan on MongoDB, and ~20x cheaper than $group on the MongoDB-wire server (bench:
-        # 10.6 ms vs 207 ms at 9,000 observations). An attacker with a long history would make it
-        # read too much, so past SCAN_LIMIT rows the $group aggregation (index-backed too) answers.
+        # 10.6 ms vs 207 ms at 9,000 observations). Attackers with a long history would make it read
+        # too much, so past SCAN_LIMIT rows per attacker the $group aggregation (index-backed too)
+        # answers for each of them.
+        cap = SCAN_LIMIT * len(uuids)
         cursor = (
-            self.db.observations.find({"attacker_uuid": attacker_uuid}, {f: 1 for f in OBSERVATION_FIELDS})
-            .sort([("primitive", 1), ("ts", DESCENDING)])
-            .limit(SCAN_LIMIT + 1)
+            self.db.observations.find(
+                {"attacker_uuid": {"$in": uuids}}, {f: 1 for f in (*OBSERVATION_FIELDS, "attacker_uuid")}
+            )
+            .sort([("attacker_uuid", 1), ("primitive", 1), ("ts", DESCENDING)])
+            .limit(cap + 1)
         )
         docs = await self._to_list(cursor)
-        if len(docs) > SCAN_LIMIT:
-            return await self._latest_by_group(attacker_uuid)
-        latest: dict[Any, dict[str, Any]] = {}
+        if len(docs) > cap:
+            return {uuid: await self._latest_by_group(uuid) for uuid in uuids}
+        latest: dict[str, dict[Any, dict[str, Any]]] = {uuid: {} for uuid in uuids}
         for doc in docs:
-            latest.setdefault(doc.get("primitive"), doc)
-        return [{f: doc.get(f) for f in OBSERVATION_FIELDS} for doc in latest.values()]
+            per_attacker = latest.get(doc.get("attacker_uuid"))  # type: ignore[arg-type]
+            if per_attacker is not None:
+                per_attacker.setdefault(doc.get("primitive"), doc)
+        return {
+            uuid: [{f: doc.get(f) for f in OBSERVATION_FIELDS} for doc in rows.values()]
+            for uuid, rows in latest.items()
+        }
 
     async def _latest_by_group(self, attacker_uuid: str) -> list[dict[str, Any]]:
         # $sort on the index then $group/$first; the final $sort fixes the order ($group's is undefined)
@@ -191,14 +213,22 @@ class MongoStore:
         rows = await self._aggregate("observations", pipeline)
         return [{f: row["doc"].get(f) for f in OBSERVATION_FIELDS} for row in rows]
 
-    @_unavailable
     async def in_flight_mutations(self, topology_id: str) -> list[dict[str, Any]]:
+        return (await self.in_flight_mutations_many([topology_id]))[topology_id]
+
+    @_unavailable
+    async def in_flight_mutations_many(self, topology_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         cursor = self.db.topology_mutations.find(
-            {"topology_id": topology_id, "state": {"$in": list(IN_FLIGHT_STATES)}}
+            {"topology_id": {"$in": topology_ids}, "state": {"$in": list(IN_FLIGHT_STATES)}}
         ).sort([("requested_at", DESCENDING)])
         docs = await self._to_list(cursor)
-        ordered = [d for state in IN_FLIGHT_STATES for d in docs if d.get("state") == state]
-        return [_mutation_item(d) for d in ordered]
+        found: dict[str, list[dict[str, Any]]] = {topology_id: [] for topology_id in topology_ids}
+        for state in IN_FLIGHT_STATES:  # pending (newest first), then applying (newest first)
+            for doc in docs:
+                rows = found.get(doc.get("topology_id"))  # type: ignore[arg-type]
+                if rows is not None and doc.get("state") == state:
+                    rows.append(_mutation_item(doc))
+        return found
 
     @_unavailable
     async def init_indexes(self) -> list[str]:
