@@ -3,6 +3,10 @@
 Every JWT failure is the same 401 so a caller learns nothing about why; the reason goes to the debug
 log (never the token). Tickets are stored as their sha256 only and redeemed with one atomic
 ``find_one_and_delete``, so a ticket minted on one process or host is redeemable on any other, once.
+Browser sessions (SPEC §12) are stored the same way and used for many connects until they expire.
+
+An :class:`Identity` carries the credential's ``jti``, ``iat`` and ``exp`` (a ticket or a session records
+those of the JWT it was minted from), so an open stream can be checked for its whole life (SPEC §12).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ NOT_AUTHENTICATED = "Not authenticated"
 PASSWORD_CHANGE = "Password change required before accessing this resource"
 INSUFFICIENT = "Insufficient permissions"
 INVALID_TICKET = "Invalid or expired ticket"
+INVALID_SESSION = "Invalid or expired session"
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "uuid", "jti")
 
 
@@ -44,8 +49,13 @@ class AuthError(Exception):
 
 @dataclass(frozen=True)
 class Identity:
+    """Who is asking, and with what: the user, their role, and the credential's jti/iat/exp."""
+
     uuid: str
     role: str
+    jti: str = ""
+    iat: float = 0.0
+    exp: float = 0.0  # epoch seconds the credential (or the session) expires; 0: unknown
 
 
 def hash_ticket(ticket: str) -> str:
@@ -131,21 +141,21 @@ class Authenticator:
     async def authenticate_token(self, token: str) -> Identity:
         """Full JWT validation (SPEC §5.2) including the user, revocation and role checks."""
         claims = self._decode(token)
-        user = await self._users.get_or_load(claims["uuid"], lambda: self.store.get_user(claims["uuid"]))
-        if user is None:
-            raise AuthError(401, INVALID_CREDENTIALS, "unknown user")
-        raw_valid_from = user.get("tokens_valid_from")
-        valid_from = _epoch(raw_valid_from)
-        if raw_valid_from is not None and valid_from is None:  # unreadable: fail closed
-            raise AuthError(401, INVALID_CREDENTIALS, "unreadable tokens_valid_from")
-        iat = claims["iat"]
-        if valid_from is not None and (not isinstance(iat, (int, float)) or iat < math.floor(valid_from)):
-            raise AuthError(401, INVALID_CREDENTIALS, "token issued before tokens_valid_from")
-        if await self._revocations.get_or_load(claims["jti"], lambda: self.store.is_revoked(claims["jti"])):
+        return await self.check_user(claims["uuid"], claims["jti"], float(claims["iat"]), float(claims["exp"]))
+
+    async def check_user(self, uuid: str, jti: str, iat: float, exp: float) -> Identity:
+        """The checks after a valid signature (or a stored session): the user exists, the credential is
+        not older than ``tokens_valid_from`` nor revoked, no password change pending, a streaming role."""
+        user = await self._users.get_or_load(uuid, lambda: self.store.get_user(uuid))
+        reason = user_refusal(user, iat)
+        if reason is not None:
+            raise AuthError(401, INVALID_CREDENTIALS, reason)
+        assert user is not None
+        if jti and await self._revocations.get_or_load(jti, lambda: self.store.is_revoked(jti)):
             raise AuthError(401, INVALID_CREDENTIALS, "token revoked")
-        if user.get("must_change_password") is True:
+        if password_change_required(user):
             raise AuthError(403, PASSWORD_CHANGE)
-        identity = Identity(claims["uuid"], str(user.get("role") or ""))
+        identity = Identity(uuid, str(user.get("role") or ""), jti, iat, exp)
         self.check_role(identity)
         return identity
 
@@ -158,7 +168,13 @@ class Authenticator:
         ticket = secrets.token_urlsafe(32)
         ttl = self.config.ticket_ttl_seconds
         expires_at = datetime.now(timezone.utc) + timedelta(seconds=ttl)
-        await self.store.insert_ticket(hash_ticket(ticket), identity.uuid, identity.role, expires_at)
+        await self.store.insert_ticket(
+            hash_ticket(ticket),
+            identity.uuid,
+            identity.role,
+            expires_at,
+            credential={"jti": identity.jti, "iat": identity.iat, "exp": identity.exp},
+        )
         return ticket, ttl
 
     async def redeem_ticket(self, ticket: str) -> Identity:
@@ -169,6 +185,73 @@ class Authenticator:
         expires = _epoch(doc.get("expires_at"))
         if expires is None or expires <= datetime.now(timezone.utc).timestamp():
             raise AuthError(401, INVALID_TICKET, "expired ticket")
-        identity = Identity(str(doc.get("uuid")), str(doc.get("role") or ""))
+        identity = Identity(
+            str(doc.get("uuid")),
+            str(doc.get("role") or ""),
+            *_credential(doc.get("jti"), doc.get("iat"), doc.get("exp")),
+        )
         self.check_role(identity)
         return identity
+
+    # -- browser sessions (SPEC §12) ----------------------------------------------------------------
+    async def mint_session(self, identity: Identity) -> tuple[str, int]:
+        """A session bound to the JWT it was minted from: (the cookie value, its max-age in seconds).
+
+        It lives until the JWT's ``exp``, at most ``SESSION_MAX_SECONDS``; only its hash is stored.
+        """
+        now = time.time()
+        max_age = int(min(identity.exp - now, self.config.session_max_seconds))
+        if max_age < 1:
+            raise AuthError(401, INVALID_CREDENTIALS, "token expires too soon for a session")
+        secret = secrets.token_urlsafe(32)
+        expires_at = datetime.fromtimestamp(now + max_age, timezone.utc)
+        await self.store.insert_session(
+            hash_ticket(secret), identity.uuid, {"jti": identity.jti, "iat": identity.iat}, expires_at
+        )
+        return secret, max_age
+
+    async def authenticate_session(self, secret: str) -> Identity:
+        """A session cookie: it exists and has not expired; then the same user checks as a JWT."""
+        doc = await self.store.get_session(hash_ticket(secret))
+        if doc is None:
+            raise AuthError(401, INVALID_SESSION, "unknown session")
+        expires = _epoch(doc.get("expires_at"))
+        if expires is None or expires <= time.time():
+            raise AuthError(401, INVALID_SESSION, "expired session")
+        jti, iat, _exp = _credential(doc.get("jti"), doc.get("iat"), None)
+        return await self.check_user(str(doc.get("uuid")), jti, iat, expires)
+
+    async def end_session(self, secret: str) -> None:
+        await self.store.delete_session(hash_ticket(secret))
+
+
+def user_refusal(user: dict[str, Any] | None, iat: float) -> str | None:
+    """Why a credential issued at ``iat`` is no longer good for ``user`` (deleted, or older than the
+    user's ``tokens_valid_from``), or None. Shared by connect-time auth and the open-stream sweep."""
+    if user is None:
+        return "unknown user"
+    raw_valid_from = user.get("tokens_valid_from")
+    if raw_valid_from is None:
+        return None
+    valid_from = _epoch(raw_valid_from)
+    if valid_from is None:  # unreadable: fail closed
+        return "unreadable tokens_valid_from"
+    if iat < math.floor(valid_from):
+        return "token issued before tokens_valid_from"
+    return None
+
+
+def password_change_required(user: dict[str, Any]) -> bool:
+    """``must_change_password`` is set: ``true``, or ``1`` (how some MongoDB-wire servers store a ``$set`` boolean)."""
+    flag = user.get("must_change_password")
+    return flag is True or (type(flag) is int and flag == 1)
+
+
+def _credential(jti: Any, iat: Any, exp: Any) -> tuple[str, float, float]:
+    """A stored credential's (jti, iat, exp), tolerating documents written before they were recorded."""
+    number = (int, float)
+    return (
+        jti if isinstance(jti, str) else "",
+        float(iat) if isinstance(iat, number) and not isinstance(iat, bool) else 0.0,
+        float(exp) if isinstance(exp, number) and not isinstance(exp, bool) else 0.0,
+    )

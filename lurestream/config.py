@@ -228,6 +228,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stream_buffer_bytes", "1MiB", _size(4096), "bytes queued for one stream before it is closed as lagging"),
     Setting("replay_memory_bytes", "64MiB", _size(0), "bytes of recent events kept for resumes, at most"),
     Setting("mint_rate", "30/60s", _rate, "ticket and session mints per user per process (N/<duration>)"),
+    # SPEC §12: credentials for the whole life of a stream, browser sessions
+    Setting("auth_sweep_seconds", "5", _float(0), "how often open streams' users and jtis are checked again"),
+    Setting("session_max_seconds", "43200", _int(60), "longest life of a browser session (capped by the JWT's exp)"),
+    Setting("cookie_secure", "true", _bool, "mark the session cookie Secure (only sent over HTTPS)"),
 )
 
 
@@ -282,6 +286,9 @@ class Config:
     stream_buffer_bytes: int = 2**20
     replay_memory_bytes: int = 64 * 2**20
     mint_rate: tuple[int, float] = (30, 60.0)
+    auth_sweep_seconds: float = 5.0
+    session_max_seconds: int = 43200
+    cookie_secure: bool = True
     jwt_public_key: str = field(default="", repr=False)
     jwt_secret_ephemeral: bool = False
 

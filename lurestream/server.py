@@ -27,6 +27,7 @@ from lurestream.auth import Authenticator
 from lurestream.batching import StoreReads
 from lurestream.cache import TTLCache
 from lurestream.config import Config
+from lurestream.credentials import CredentialSweep
 from lurestream.edge import ConnectionCounter, EdgeLimits, EdgeServer
 from lurestream.handlers import all_handlers
 from lurestream.handlers.base import NotFoundHandler
@@ -101,6 +102,7 @@ class Services:
             on_flushed=metrics.delivery_seconds.observe,
         )
         the_hub.on_delivered = writer.note_delivered
+        writer.checks.append(CredentialSweep(writer, the_store, config.stream_roles, config.auth_sweep_seconds))
         return cls(
             config,
             the_store,

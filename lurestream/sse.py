@@ -87,6 +87,11 @@ def encode_event(
     return f"id: {seq}\nevent: {_field(event)}\ndata: {data}\n\n".encode()
 
 
+def end_frame(reason: str) -> bytes:
+    """The last frame of a stream whose credential no longer holds (SPEC §12): no retry hint follows."""
+    return encode_frame("end", dumps({"reason": reason}))
+
+
 def retry_frame(milliseconds: int) -> bytes:
     """A reconnect hint: sets the client's reconnection delay and dispatches nothing."""
     return f"retry: {int(milliseconds)}\n\n".encode("ascii")

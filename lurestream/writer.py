@@ -42,6 +42,9 @@ SEND_TIMEOUT = "send_timeout"
 ERROR = "error"
 SNAPSHOT_FAILED = "snapshot_failed"
 SHUTDOWN = "shutdown"
+EXPIRED = "expired"  # SPEC §12: the credential's exp (or the session's expiry) passed
+REVOKED = "revoked"  # its jti was revoked, its user's tokens_valid_from moved past it, or the user is gone
+FORBIDDEN = "forbidden"  # the user's role may no longer stream, or a password change is required
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
@@ -78,6 +81,7 @@ class LiveStream:
         "span",
         "expires",
         "jti",
+        "iat",
         "__weakref__",
     )
 
@@ -107,7 +111,8 @@ class LiveStream:
         self.stalled_since = 0.0  # when the kernel last refused part of a chunk (0: not stalled)
         self.span: Any = None
         self.expires = 0.0  # epoch seconds the credential expires (0: never checked)
-        self.jti = ""
+        self.jti = ""  # the credential's JWT id and issue time, for the revocation sweep (SPEC §12)
+        self.iat = 0.0
 
     # -- what the hub and the tests see ----------------------------------------------------------
     @property
@@ -432,6 +437,10 @@ class LiveWriter:
             self.on_lagging(stream)
         stream.end(LAGGING, self.retry_frame())
 
+    def end_credential(self, stream: LiveStream, reason: str) -> None:
+        """End a stream whose credential no longer holds: ``event: end`` with the reason, no retry hint."""
+        stream.end(reason, sse.end_frame(reason))
+
     def drain(self, stream: LiveStream) -> None:
         stream.end(DRAINING, self.retry_frame())
 
@@ -477,11 +486,14 @@ class LiveWriter:
             self._sweeper = loop.call_later(self.sweep_interval, self._sweep)
 
     def sweep(self, now: float) -> None:
-        """Keepalives for idle streams and the send timeout for stalled ones."""
+        """Keepalives for idle streams, the send timeout for stalled ones, the end of expired credentials."""
         keepalive_before = now - self.keepalive_seconds
         stalled_before = now - self.send_timeout_seconds
         position = self.hub.live_position
+        wall = time.time()
         for stream in list(self.streams):
+            if stream.expires and stream.expires <= wall and not stream.closing:
+                self.end_credential(stream, EXPIRED)
             if stream.stalled_since:
                 if stream.stalled_since < stalled_before:
                     log.warning("send timeout after %.1fs; closing a %s stream", self.send_timeout_seconds, stream.kind)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lurestream.handlers import attackers, dashboard, directory, openapi, ops, tickets, topologies
+from lurestream.handlers import attackers, dashboard, directory, openapi, ops, sessions, tickets, topologies
 
-MODULES = (attackers, topologies, directory, tickets, ops, openapi, dashboard)
+MODULES = (attackers, topologies, directory, tickets, sessions, ops, openapi, dashboard)
 
 
 def all_handlers(services: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:

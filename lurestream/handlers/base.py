@@ -21,6 +21,7 @@ from lurestream.store import StoreUnavailable
 log = logging.getLogger("lurestream.handlers")
 
 STORE_UNAVAILABLE = "Store unavailable"
+SESSION_COOKIE = "lurestream_session"
 
 
 class ApiError(tornado.web.HTTPError):
@@ -39,6 +40,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     auth_required = False
     accept_ticket = False
+    accept_session = False  # the browser session cookie (SPEC §12): streams and picker lists only
     accept_query_token = False
 
     def initialize(self, config: Config, auth: Authenticator, **services: Any) -> None:
@@ -82,7 +84,7 @@ class BaseHandler(tornado.web.RequestHandler):
             raise ApiError(503, STORE_UNAVAILABLE, str(exc)) from None
 
     async def _authenticate(self) -> Identity:
-        """Credentials in SPEC §5.1 order: Bearer header, then ?ticket=, then ?token=."""
+        """Credentials in SPEC §5.1/§12 order: Bearer header, ?ticket=, the session cookie, ?token=."""
         header = self.request.headers.get("Authorization", "")
         if header:
             scheme, _, token = header.partition(" ")
@@ -93,6 +95,10 @@ class BaseHandler(tornado.web.RequestHandler):
             ticket: str | None = self.get_query_argument("ticket", None)
             if ticket:
                 return await self.auth.redeem_ticket(ticket)
+        if self.accept_session:
+            session = self.get_cookie(SESSION_COOKIE)
+            if session:
+                return await self.auth.authenticate_session(session)
         if self.accept_query_token and self.config.allow_query_token:
             query_token: str | None = self.get_query_argument("token", None)
             if query_token:

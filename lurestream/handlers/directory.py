@@ -17,6 +17,7 @@ MAX_LIMIT = 200
 
 class DirectoryHandler(BaseHandler):
     auth_required = True
+    accept_session = True
     accept_query_token = True
     store: Store
 

@@ -40,6 +40,7 @@ class StreamHandler(BaseHandler):
 
     auth_required = True
     accept_ticket = True
+    accept_session = True
     accept_query_token = True
     not_found = "Not found"
     kind = "stream"  # the metrics and tracing label: attacker or topology
@@ -158,6 +159,8 @@ class StreamHandler(BaseHandler):
             sock, self.keys(resource), head, user=self.identity.uuid, kind=self.kind, address=address, chunked=chunked
         )
         live.span, self._span = self._span, None
+        identity = self.identity
+        live.jti, live.iat, live.expires = identity.jti, identity.iat, identity.exp  # checked for its whole life
         self.metrics.streams_open.labels(self.kind).inc()
         self.metrics.connects.labels(self.kind).inc()
         return live

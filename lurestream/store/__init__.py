@@ -21,7 +21,27 @@ class Store(Protocol):
 
     async def is_revoked(self, jti: str) -> bool: ...
 
-    async def insert_ticket(self, ticket_hash: str, uuid: str, role: str, expires_at: datetime) -> None: ...
+    async def insert_ticket(
+        self, ticket_hash: str, uuid: str, role: str, expires_at: datetime, credential: dict[str, Any] | None = None
+    ) -> None:
+        """Store a ticket's hash with its user, role and expiry, and the minting JWT's jti/iat/exp."""
+        ...
+
+    async def insert_session(
+        self, session_hash: str, uuid: str, credential: dict[str, Any], expires_at: datetime
+    ) -> None: ...
+
+    async def get_session(self, session_hash: str) -> dict[str, Any] | None: ...
+
+    async def delete_session(self, session_hash: str) -> None: ...
+
+    async def get_users(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
+        """Several users at once (the open-stream credential sweep, SPEC §12)."""
+        ...
+
+    async def revoked_among(self, jtis: list[str]) -> set[str]:
+        """Which of ``jtis`` are in ``revoked_tokens``."""
+        ...
 
     async def take_ticket(self, ticket_hash: str) -> dict[str, Any] | None:
         """Atomically remove and return the ticket document (every redemption attempt uses it up)."""

@@ -3,7 +3,7 @@
 Only standard query features are used (find, find_one, find_one_and_delete, aggregate with
 $match/$sort/$group/$first), so the same code runs on MongoDB and on MongoDB-wire servers.
 Connection failures and timeouts become :class:`StoreUnavailable` after at most ``timeout_ms``.
-The server writes nowhere but ``sse_tickets`` (SPEC §8).
+The server writes nowhere but ``sse_tickets`` and ``sse_sessions`` (SPEC §8, §12).
 """
 
 from __future__ import annotations
@@ -133,13 +133,44 @@ class MongoStore:
         return await self.db.revoked_tokens.find_one({"_id": jti}, {"_id": 1}) is not None
 
     @_quick
-    async def insert_ticket(self, ticket_hash: str, uuid: str, role: str, expires_at: datetime) -> None:
-        await self.db.sse_tickets.insert_one({"_id": ticket_hash, "uuid": uuid, "role": role, "expires_at": expires_at})
+    async def insert_ticket(
+        self, ticket_hash: str, uuid: str, role: str, expires_at: datetime, credential: dict[str, Any] | None = None
+    ) -> None:
+        doc = {"_id": ticket_hash, "uuid": uuid, "role": role, "expires_at": expires_at, **(credential or {})}
+        await self.db.sse_tickets.insert_one(doc)
 
     @_quick
     async def take_ticket(self, ticket_hash: str) -> dict[str, Any] | None:
         doc: dict[str, Any] | None = await self.db.sse_tickets.find_one_and_delete({"_id": ticket_hash})
         return doc
+
+    @_quick
+    async def insert_session(
+        self, session_hash: str, uuid: str, credential: dict[str, Any], expires_at: datetime
+    ) -> None:
+        doc = {"_id": session_hash, "uuid": uuid, "expires_at": expires_at, **credential}
+        await self.db.sse_sessions.insert_one(doc)
+
+    @_quick
+    async def get_session(self, session_hash: str) -> dict[str, Any] | None:
+        doc: dict[str, Any] | None = await self.db.sse_sessions.find_one({"_id": session_hash})
+        return doc
+
+    @_quick
+    async def delete_session(self, session_hash: str) -> None:
+        await self.db.sse_sessions.delete_one({"_id": session_hash})
+
+    @_unavailable
+    async def get_users(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
+        cursor = self.db.users.find(
+            {"_id": {"$in": uuids}}, {"role": 1, "must_change_password": 1, "tokens_valid_from": 1}
+        )
+        return {doc["_id"]: doc for doc in await self._to_list(cursor)}
+
+    @_unavailable
+    async def revoked_among(self, jtis: list[str]) -> set[str]:
+        cursor = self.db.revoked_tokens.find({"_id": {"$in": jtis}}, {"_id": 1})
+        return {doc["_id"] for doc in await self._to_list(cursor)}
 
     @_quick
     async def get_attacker(self, uuid: str) -> dict[str, Any] | None:
