@@ -127,6 +127,13 @@ def _scaled(units: dict[str, int], what: str, example: str) -> Callable[[str], i
     return parse
 
 
+def _bucket_name(raw: str) -> str:
+    value = raw.strip()
+    if value and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise ValueError(f"a bucket name uses letters, digits, '-' and '_' only, got {raw!r}")
+    return value
+
+
 def _size(low: int) -> Callable[[str], int]:
     """A byte count: ``4096``, ``4KiB``, ``1MiB``, ``500MB``; at least ``low``."""
     parse_scaled = _scaled(_SIZE_UNITS, "a size", "4096, 16KiB or 1MiB")
@@ -232,6 +239,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth_sweep_seconds", "5", _float(0), "how often open streams' users and jtis are checked again"),
     Setting("session_max_seconds", "43200", _int(60), "longest life of a browser session (capped by the JWT's exp)"),
     Setting("cookie_secure", "true", _bool, "mark the session cookie Secure (only sent over HTTPS)"),
+    # SPEC §13: one cap across processes and hosts
+    Setting(
+        "cap_bucket",
+        "lurestream_caps",
+        _bucket_name,
+        "JetStream KV bucket of the cross-process cap (empty = per process)",
+    ),
+    Setting("cap_lease_seconds", "30", _float(0), "a dead process's slots free within this long"),
 )
 
 
@@ -289,6 +304,8 @@ class Config:
     auth_sweep_seconds: float = 5.0
     session_max_seconds: int = 43200
     cookie_secure: bool = True
+    cap_bucket: str = "lurestream_caps"
+    cap_lease_seconds: float = 30.0
     jwt_public_key: str = field(default="", repr=False)
     jwt_secret_ephemeral: bool = False
 

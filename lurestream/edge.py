@@ -237,6 +237,8 @@ class GuardedStream(IOStream):
         """Give the connection to the live writer: a socket of its own (a duplicate, so Tornado can
         close its side cleanly). The per-address count stays taken: the writer releases it
         (``edge.connections.release(address)``) when the stream ends."""
+        if self.closed():  # the client left while its request was being answered
+            raise StreamClosedError()
         sock = self.socket.dup()
         self._handed_off = True
         self.close()

@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -142,6 +142,9 @@ class Hub:
         self._registered: set[Subscriber] = set()
         self.serial = 0  # counts registrations: orders them against snapshot reads (see snapshots.py)
         self.on_delivered: Callable[[float], None] | None = None  # an event's ts, once per delivered event
+        # told when the bus comes up (with its JetStream context, or None) and when it goes down or back
+        self.on_connected: list[Callable[[JetStreamContext | None], Awaitable[None]]] = []
+        self.on_bus_state: list[Callable[[bool], None]] = []
         self._nc: NATS | None = None
         self._connector: asyncio.Task[None] | None = None
         self._closing = False
@@ -350,11 +353,15 @@ class Hub:
                 )
             self._nc = nc
             self._set_connected(True)
+            for hook in self.on_connected:
+                await hook(self._js)
             return
 
     def _set_connected(self, up: bool) -> None:
         if self.metrics is not None:
             self.metrics.bus_connected.set(1 if up else 0)
+        for hook in self.on_bus_state:
+            hook(up)
 
     async def _consume_stream(self, nc: NATS) -> bool:
         """One ordered consumer over the stream, from just after its last message; False on failure

@@ -9,6 +9,23 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Protocol
+
+
+class Slots(Protocol):
+    """The per-user cap handlers and the writer see: this process's (``ConnectionLimiter``) or the
+    cluster's (``caps.ClusterCap``)."""
+
+    max_per_user: int
+
+    @property
+    def mode(self) -> str: ...
+
+    def try_acquire(self, uuid: str) -> bool: ...
+
+    def release(self, uuid: str) -> None: ...
+
+    def held(self, uuid: str | None = None) -> int: ...
 
 
 class ConnectionLimiter:
@@ -17,6 +34,10 @@ class ConnectionLimiter:
     def __init__(self, max_per_user: int) -> None:
         self.max_per_user = max_per_user
         self._held: dict[str, int] = {}
+
+    @property
+    def mode(self) -> str:
+        return "local"  # counts this process's streams only
 
     def try_acquire(self, uuid: str) -> bool:
         count = self._held.get(uuid, 0)

@@ -1,7 +1,9 @@
 """Logging set-up: text or one JSON object a line, credentials redacted on every handler.
 
 The access log line is built here (Tornado's ``log_function`` setting) from the redacted URI, so a
-``token=`` or ``ticket=`` never reaches it.
+``token=`` or ``ticket=`` never reaches it; a refused request is one line (status and reason), not two.
+Floods are bounded (SPEC §11: bad input costs nothing): lines of the same kind beyond ``FloodFilter``'s
+budget are counted and summarised, not written — a flood of refused tickets wrote 60,000 lines in 15 s.
 """
 
 from __future__ import annotations
@@ -17,6 +19,45 @@ from lurestream.redact import RedactingFilter, redact, redact_url
 access_log = logging.getLogger("tornado.access")
 
 _RECORD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class FloodFilter(logging.Filter):
+    """At most ``rate`` records a second (bursts of ``burst``) per kind; the rest are counted, and the
+    next record of that kind that passes says how many were suppressed. Errors always pass.
+
+    A kind is the logger, level and message template — plus the status for access lines, so a flood
+    of 401s does not hide a 404.
+    """
+
+    def __init__(self, rate: float = 20.0, burst: float = 40.0) -> None:
+        super().__init__()
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[tuple[Any, ...], list[float]] = {}  # kind -> [tokens, at, suppressed]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        kind: tuple[Any, ...] = (record.name, record.levelno, record.msg)
+        if record.name == access_log.name and isinstance(record.args, tuple) and record.args:
+            kind += (record.args[0],)
+        now = time.monotonic()
+        bucket = self._buckets.get(kind)
+        if bucket is None:
+            if len(self._buckets) > 10_000:  # kinds are few; never let them grow without bound
+                self._buckets.clear()
+            bucket = self._buckets[kind] = [self.burst, now, 0.0]
+        bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if bucket[0] < 1.0:
+            bucket[2] += 1
+            return False
+        bucket[0] -= 1.0
+        if bucket[2]:
+            record.msg = f"{record.getMessage()} ({int(bucket[2])} similar lines suppressed)"
+            record.args = None
+            bucket[2] = 0
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,6 +83,7 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: Any = None) ->
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(FloodFilter())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -74,4 +116,18 @@ def access_log_function(handler: Any) -> None:
     }
     if identity is not None:
         extra["user_uuid"] = identity.uuid
+    refusal = getattr(handler, "refusal", None)
+    if refusal:
+        extra["reason"] = refusal
+        log_method(
+            "%d %s %s (%s) %.2fms: %s",
+            status,
+            request.method,
+            path,
+            request.remote_ip,
+            duration_ms,
+            redact(refusal),
+            extra=extra,
+        )
+        return
     log_method("%d %s %s (%s) %.2fms", status, request.method, path, request.remote_ip, duration_ms, extra=extra)

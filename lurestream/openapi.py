@@ -460,6 +460,7 @@ SCHEMAS: dict[str, Schema] = {
             "status": {"const": "ready"},
             "store": {"const": "ok"},
             "bus": {"enum": ["connected", "disabled"]},
+            "cap": {"enum": ["cluster", "local"], "description": "the per-user cap counts every process, or this one"},
         },
     },
     "NotReady": {
@@ -469,6 +470,7 @@ SCHEMAS: dict[str, Schema] = {
             "detail": {"type": "string", "pattern": "^not ready: "},
             "store": {"enum": ["ok", "down"]},
             "bus": {"enum": ["connected", "disconnected", "disabled"]},
+            "cap": {"enum": ["cluster", "local"]},
         },
     },
     "OpenApiDocument": {

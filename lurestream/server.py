@@ -26,6 +26,7 @@ from tornado.ioloop import PeriodicCallback
 from lurestream.auth import Authenticator
 from lurestream.batching import StoreReads
 from lurestream.cache import TTLCache
+from lurestream.caps import ClusterCap
 from lurestream.config import Config
 from lurestream.credentials import CredentialSweep
 from lurestream.edge import ConnectionCounter, EdgeLimits, EdgeServer
@@ -33,7 +34,7 @@ from lurestream.handlers import all_handlers
 from lurestream.handlers.base import NotFoundHandler
 from lurestream.hub import Hub
 from lurestream.jetstream import stream_config
-from lurestream.limits import ConnectionLimiter, MintRate
+from lurestream.limits import ConnectionLimiter, MintRate, Slots
 from lurestream.listening import listen
 from lurestream.logs import access_log_function
 from lurestream.metrics import Metrics
@@ -56,7 +57,7 @@ class Services:
     store: Store
     hub: Hub
     auth: Authenticator
-    limiter: ConnectionLimiter
+    limiter: Slots
     metrics: Metrics
     tracer: Tracer
     snapshots: SnapshotReads
@@ -87,7 +88,16 @@ class Services:
             max_message_bytes=config.max_message_bytes,
             replay_memory_bytes=config.replay_memory_bytes,
         )
-        limiter = ConnectionLimiter(config.sse_max_per_user)
+        limiter: Slots = ConnectionLimiter(config.sse_max_per_user)
+        if config.jetstream and config.cap_bucket and config.nats_url:
+            limiter = cap = ClusterCap(
+                ConnectionLimiter(config.sse_max_per_user),
+                config.cap_bucket,
+                config.cap_lease_seconds,
+                config.jetstream_replicas,
+            )
+            the_hub.on_connected.append(cap.started_with)
+            the_hub.on_bus_state.append(cap.bus_up)
         connections = ConnectionCounter(config.max_connections_per_ip)
         writer = LiveWriter(
             the_hub,
@@ -139,13 +149,13 @@ class Services:
             self._housekeeping.stop()
             self._housekeeping = None
         self.writer.close()
+        if isinstance(self.limiter, ClusterCap):
+            await self.limiter.close()
         await self.hub.close()
         await self.store.close()
 
 
-def _stream_finished(
-    stream: LiveStream, limiter: ConnectionLimiter, connections: ConnectionCounter, metrics: Metrics
-) -> None:
+def _stream_finished(stream: LiveStream, limiter: Slots, connections: ConnectionCounter, metrics: Metrics) -> None:
     """Everything a stream held, given back when it ends for any reason."""
     limiter.release(stream.user)
     if stream.address:

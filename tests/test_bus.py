@@ -52,7 +52,8 @@ async def test_one_subscription_set_per_process(ls, nats_service):
 async def test_one_ordered_consumer_per_process_with_jetstream(ls, nats_service):
     subs = await _open_twelve_streams(ls, nats_service)
     assert not set(subs) & set(SUBJECT_FAMILIES), "no plain family subscriptions beside the consumer"
-    assert 1 <= len(subs) <= 2, subs  # the consumer's deliver inbox (+ nats.py's shared reply inbox)
+    # the consumer's deliver inbox, nats.py's shared reply inbox, and the cap bucket's watcher (SPEC §13)
+    assert 1 <= len(subs) <= 3, subs
     info = await (await ls.bus()).jetstream().stream_info(ls.config.jetstream)
     assert info.state.consumer_count == 1, "one ordered consumer for the process, not one per stream"
 
@@ -62,7 +63,7 @@ async def test_one_ordered_consumer_per_process_with_jetstream(ls, nats_service)
 async def test_bus_disabled_streams_snapshot_then_keepalives_and_ready(ls):
     response = await ls.fetch("GET", "/readyz")
     assert response.code == 200
-    assert json.loads(response.body) == {"store": "ok", "bus": "disabled", "status": "ready"}
+    assert json.loads(response.body) == {"store": "ok", "bus": "disabled", "cap": "local", "status": "ready"}
     client = await ls.open(f"/api/v1/attackers/{A}/events", token=ls.token())
     await client.start_stream()
 

@@ -303,3 +303,31 @@ async def test_percent_encoded_credential_names_are_masked_in_the_log(start_serv
     log = server.log()
     assert ticket not in log and token not in log and token[:40] not in log
     assert "%74icket=***" in log
+
+
+def test_log_floods_are_bounded_and_summarised():
+    import logging
+
+    from lurestream.logs import FloodFilter
+
+    flood = FloodFilter(rate=10, burst=5)
+
+    def record(status: int, level: int = logging.WARNING) -> logging.LogRecord:
+        return logging.LogRecord("tornado.access", level, "x", 1, "%d %s", (status, "GET /"), None)
+
+    passed = [flood.filter(record(429)) for _ in range(1000)]
+    assert sum(passed) <= 6, "a burst, then nothing while the flood lasts"
+    assert flood.filter(record(404)), "another kind of line is not hidden by the flood"
+    assert flood.filter(record(500, logging.ERROR)), "errors always pass"
+    time.sleep(0.15)
+    summary = record(429)
+    assert flood.filter(summary) and "similar lines suppressed" in summary.getMessage()
+
+
+@pytest.mark.gen_test
+async def test_a_refused_request_is_one_access_line_with_its_reason(ls, caplog):
+    caplog.set_level("INFO")
+    await ls.fetch("GET", f"/api/v1/attackers/{A}/events", bearer="garbage.token.here")
+    lines = [r for r in caplog.records if r.name.startswith("tornado.")]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert lines[0].getMessage().startswith("401 GET") and "auth refused: invalid token" in lines[0].getMessage()

@@ -133,3 +133,29 @@ async def test_streams_work_on_motor(ls):
     await ls.publish("attacker.observation.ja3", {"attacker_uuid": A})
     assert (await client.next_event()).event == "observation"
     assert (await second.next_event()).event == "observation"
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.lurestream(max_connections_per_ip=5)
+async def test_a_client_gone_before_its_stream_begins_costs_nothing(ls, caplog):
+    """The client hangs up while the attacker is being looked up: no traceback, no slot, no count."""
+    store = ls.services.store
+    original, entered, gate = store.get_attackers, asyncio.Event(), asyncio.Event()
+
+    async def held(uuids):
+        entered.set()
+        await gate.wait()
+        return await original(uuids)
+
+    store.get_attackers = held
+    _reader, writer = await asyncio.open_connection("127.0.0.1", ls.port)
+    writer.write(f"GET /api/v1/attackers/{A}/events?token={ls.token()} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await asyncio.wait_for(entered.wait(), 5)
+    writer.close()
+    await asyncio.sleep(0.2)
+    gate.set()
+    await asyncio.sleep(0.3)  # the handler goes on: slot, hand-off to the writer (the socket is gone)
+    await ls.wait_for(lambda: ls.services.connections.total == 0, what="the address count released")
+    await ls.wait_for(lambda: ls.services.limiter.held() == 0 and ls.hub.subscription_count == 0)
+    assert not [r for r in caplog.records if "Uncaught exception" in r.getMessage()]
+    store.get_attackers = original

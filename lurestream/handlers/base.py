@@ -39,6 +39,7 @@ class BaseHandler(tornado.web.RequestHandler):
     """Shared request plumbing; subclasses declare ``auth_required`` and ``accept_ticket``."""
 
     auth_required = False
+    refusal: str | None = None  # why a request was refused, for its access line
     accept_ticket = False
     accept_session = False  # the browser session cookie (SPEC §12): streams and picker lists only
     accept_query_token = False
@@ -113,6 +114,15 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         write_json_error(self, status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        """A refused request (an HTTPError) is said once, on its access line (``refusal``); anything
+        else is Tornado's error with its traceback."""
+        if isinstance(value, tornado.web.HTTPError):
+            message = value.get_message() or ""
+            self.refusal = message if value.args else message.replace("%%", "%")  # see ApiError
+            return
+        super().log_exception(typ, value, tb)
 
     def _request_summary(self) -> str:
         # Tornado's warning/error lines print the URI; keep credentials out of them.

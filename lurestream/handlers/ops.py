@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from lurestream.handlers.base import BaseHandler
 from lurestream.hub import BUS_DISCONNECTED, Hub
+from lurestream.limits import Slots
 from lurestream.metrics import Metrics
 from lurestream.store import Store, StoreUnavailable
 
@@ -26,6 +27,7 @@ class HealthHandler(BaseHandler):
 class ReadyHandler(BaseHandler):
     hub: Hub
     store: Store
+    limiter: Slots
 
     async def get(self) -> None:
         store_state = "ok"
@@ -37,7 +39,8 @@ class ReadyHandler(BaseHandler):
         down = [name for name, bad in (("store", store_state != "ok"), ("bus", bus_state == BUS_DISCONNECTED)) if bad]
         if self.settings.get("draining"):
             down.append("draining")
-        body: dict[str, Any] = {"store": store_state, "bus": bus_state}
+        # SPEC §13: "cluster" when the per-user cap counts every process, "local" when it has fallen back
+        body: dict[str, Any] = {"store": store_state, "bus": bus_state, "cap": self.limiter.mode}
         if down:
             body["detail"] = "not ready: " + ", ".join(down) + " unavailable"
             self.write_json(body, 503)

@@ -17,6 +17,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Tracer
+from tornado.iostream import StreamClosedError
 
 from lurestream import sse
 from lurestream.batching import StoreReads
@@ -24,7 +25,7 @@ from lurestream.cache import TTLCache
 from lurestream.edge import GuardedStream
 from lurestream.handlers.base import STORE_UNAVAILABLE, ApiError, BaseHandler
 from lurestream.hub import Hub
-from lurestream.limits import ConnectionLimiter
+from lurestream.limits import Slots
 from lurestream.metrics import Metrics
 from lurestream.replay import RESUME_TOO_BIG
 from lurestream.routing import Key
@@ -47,7 +48,7 @@ class StreamHandler(BaseHandler):
 
     hub: Hub
     store: Store
-    limiter: ConnectionLimiter
+    limiter: Slots
     metrics: Metrics
     tracer: Tracer
     snapshots: SnapshotReads
@@ -124,6 +125,13 @@ class StreamHandler(BaseHandler):
             raise ApiError(429, f"SSE connection limit ({self.limiter.max_per_user}) reached")
         try:
             live = self._hand_off(resource)
+        except StreamClosedError:  # the client left before its stream began: nothing to answer
+            self.limiter.release(user)
+            if self._span is not None:
+                self._span.set_attribute("lurestream.outcome", "client_gone")
+                self._span.end()
+                self._span = None
+            return
         except BaseException:
             self.limiter.release(user)
             raise
@@ -147,17 +155,19 @@ class StreamHandler(BaseHandler):
         if self._span is not None:
             self._span.set_attribute("lurestream.stream.key", str(resource["_id"]))
             self._span.set_attribute("http.response.status_code", 200)
-        self.application.log_request(self)  # the access line: the response has begun
         stream = self.detach()
         address = ""
         if isinstance(stream, GuardedStream):
             sock, address = stream.hand_off(), stream.address
         else:  # not behind the edge (cannot happen with make_server): still a socket of our own
+            if stream.closed():
+                raise StreamClosedError()
             sock = stream.socket.dup()
             stream.close()
         live = self.writer.open(
             sock, self.keys(resource), head, user=self.identity.uuid, kind=self.kind, address=address, chunked=chunked
         )
+        self.application.log_request(self)  # the access line: the response has begun
         live.span, self._span = self._span, None
         identity = self.identity
         live.jti, live.iat, live.expires = identity.jti, identity.iat, identity.exp  # checked for its whole life
