@@ -121,7 +121,7 @@ class Services:
             limiter,
             metrics,
             tracer or trace.get_tracer("lurestream"),
-            SnapshotReads(the_hub, metrics=metrics),
+            SnapshotReads(the_hub, metrics=metrics, max_gap_bytes=config.stream_buffer_bytes),
             TTLCache(1.0),  # attacker / topology documents, read when a stream opens
             connections,
             MintRate(*config.mint_rate),

@@ -39,8 +39,11 @@ class Snapshot:
 
 
 class SnapshotReads:
-    def __init__(self, hub: Hub, max_age: float = 1.0, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, hub: Hub, max_age: float = 1.0, metrics: Metrics | None = None, max_gap_bytes: int = 2**20
+    ) -> None:
         self.hub = hub
+        self.max_gap_bytes = max_gap_bytes
         self.metrics = metrics
         self.max_age = max_age
         self.queries = 0  # store reads actually made (for tests and benchmarks)
@@ -53,7 +56,8 @@ class SnapshotReads:
                 return Snapshot(dict(await asyncio.shield(shared.future)), sub.position, [])
             if shared.position is not None and sub.position is not None:
                 gap = self.hub.recent_between(shared.position, sub.position, sub.keys)
-                if gap is not None:
+                # a gap counts against the stream's byte bound like a replay (SPEC §11): past it, read anew
+                if gap is not None and sum(len(frame) for _, frame, _ in gap) <= self.max_gap_bytes:
                     return Snapshot(dict(await asyncio.shield(shared.future)), shared.position, gap)
         read = _Read(asyncio.ensure_future(load()), self.hub.serial, self.hub.live_position)
         self.queries += 1  # snapshot reads started (each may share a store query with others: batching.py)

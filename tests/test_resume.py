@@ -281,3 +281,23 @@ async def test_a_new_process_reads_recent_history_into_memory_without_sending_it
         assert [seq for seq, _, _ in opened.take()] == [live]
     finally:
         await late.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(jetstream=True, stream_buffer_bytes="64KiB")
+async def test_a_replay_larger_than_the_stream_buffer_is_a_snapshot_not_a_giant_write(ls):
+    """SPEC §11: a resume's replay counts against STREAM_BUFFER_BYTES; past it the client rebuilds from a
+    snapshot (five non-reading resumes of 60 large events took a process from 613 MB to 1.6 GB)."""
+    client = await ls.attacker(A)
+    await ls.publish_stored(SUBJECT, _payload(A, 0))
+    last_id = (await client.next_event()).id
+    client.close()
+    for n in range(1, 6):  # 5 × ~20 KB > 64 KiB
+        await ls.publish_stored(SUBJECT, {**_payload(A, n), "pad": "x" * 20_000})
+    again = await _resume(ls, last_id, "header")
+    snapshot = await again.next_event()
+    assert snapshot.event == "snapshot" and snapshot.json()["resumed"] is False
+    assert ls.hub.stats.resume_failed == {"beyond_stream_buffer": 1}
+    small = await ls.publish_stored(SUBJECT, _payload(A, 6))
+    event = await again.next_event()
+    assert event.id == str(small), "then live as usual"
