@@ -80,6 +80,7 @@ class ClusterCap:
         self.replicas = replicas
         self.process = process_id or _process_id()
         self._kv: KeyValue | None = None
+        self._watcher: KeyValue.KeyWatcher | None = None
         self._connected = False
         self._heard: dict[str, float] = {}  # process -> monotonic time its heartbeat was last fresh
         self._others: dict[str, dict[str, int]] = {}  # user -> {process: streams}
@@ -132,6 +133,7 @@ class ClusterCap:
             log.error("cap bucket %s unusable (%s): the per-user cap is per process", self.bucket, exc)
             return
         self._kv = kv
+        self._watcher = watcher
         self._connected = True
         self._tasks = [
             asyncio.ensure_future(self._watch(watcher)),
@@ -158,6 +160,12 @@ class ClusterCap:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._watcher is not None:
+            try:  # ends nats.py's consumer tasks (heartbeat and flow-control checks) with it
+                await self._watcher.stop()
+            except Exception as exc:
+                log.debug("stopping the cap watcher: %s", exc)
+            self._watcher = None
         kv = self._kv
         self._kv = None
         if kv is None or not self._connected:
