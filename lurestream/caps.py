@@ -162,7 +162,7 @@ class ClusterCap:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._watcher is not None:
             try:  # ends nats.py's consumer tasks (heartbeat and flow-control checks) with it
-                await self._watcher.stop()
+                await self._watcher.stop()  # type: ignore[no-untyped-call]
             except Exception as exc:
                 log.debug("stopping the cap watcher: %s", exc)
             self._watcher = None
