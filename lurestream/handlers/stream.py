@@ -11,6 +11,7 @@ the handler is gone: an open stream holds no handler, request, IOStream or corou
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -78,11 +79,14 @@ class StreamHandler(BaseHandler):
     async def prepare(self) -> None:
         if self.request.method == "OPTIONS":
             return
-        self._span = self.tracer.start_span(
+        span = self.tracer.start_span(
             "lurestream.stream",
             kind=SpanKind.SERVER,
             attributes={"lurestream.stream.kind": self.kind, "url.path": self.request.path},
         )
+        # without a tracing SDK the span records nothing: skip the per-step spans too (a connect storm
+        # paid for three no-op context managers a connect)
+        self._span = span if span.is_recording() else None
         with self._child("lurestream.auth") as span:
             try:
                 await super().prepare()
@@ -91,9 +95,11 @@ class StreamHandler(BaseHandler):
                 raise
             span.set_attribute("lurestream.outcome", "ok")
 
-    def _child(self, name: str) -> Any:
-        context = trace.set_span_in_context(self._span) if self._span is not None else None
-        return self.tracer.start_as_current_span(name, context=context)
+    def _child(self, name: str, parent: Span | None = None) -> Any:
+        parent = parent or self._span
+        if parent is None:
+            return contextlib.nullcontext(trace.INVALID_SPAN)
+        return self.tracer.start_as_current_span(name, context=trace.set_span_in_context(parent))
 
     def on_finish(self) -> None:
         """A refused request (401/403/404/429/503) ends its span here; a stream's span ends with it."""
@@ -201,8 +207,7 @@ class StreamHandler(BaseHandler):
                 live.go_live([head, *(frame for _, frame, _ in outcome.items)], max(after, live.position or 0))
                 return
             log.info("resume from %r not possible (%s); sending a snapshot", requested[:32], outcome.failed)
-        context = trace.set_span_in_context(live.span) if live.span is not None else None
-        with self.tracer.start_as_current_span("lurestream.snapshot", context=context) as span:
+        with self._child("lurestream.snapshot", live.span) as span:
             span.set_attribute("lurestream.stream.kind", self.kind)
             started = time.perf_counter()
             try:  # identical concurrent reads share one query (see snapshots.py)
