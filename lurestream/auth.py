@@ -11,6 +11,7 @@ those of the JWT it was minted from), so an open stream can be checked for its w
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -56,6 +57,7 @@ class Identity:
     jti: str = ""
     iat: float = 0.0
     exp: float = 0.0  # epoch seconds the credential (or the session) expires; 0: unknown
+    session: str = ""  # the session's hash when opened with a session cookie (its end ends the stream)
 
 
 def hash_ticket(ticket: str) -> str:
@@ -219,7 +221,8 @@ class Authenticator:
         if expires is None or expires <= time.time():
             raise AuthError(401, INVALID_SESSION, "expired session")
         jti, iat, _exp = _credential(doc.get("jti"), doc.get("iat"), None)
-        return await self.check_user(str(doc.get("uuid")), jti, iat, expires)
+        identity = await self.check_user(str(doc.get("uuid")), jti, iat, expires)
+        return dataclasses.replace(identity, session=hash_ticket(secret))
 
     async def end_session(self, secret: str) -> None:
         await self.store.delete_session(hash_ticket(secret))

@@ -2,10 +2,11 @@
 
 Expiry is checked by the live writer's sweep (each stream knows its credential's ``exp``). Everything
 else can change in MongoDB while a stream is open — a ``jti`` revoked, ``tokens_valid_from`` moved, the
-user deleted, the role changed, a password change required — so every ``interval`` seconds this sweep
-reads, for the distinct users and jtis that have open streams, the user documents and which jtis are
-revoked: two ``$in`` queries per ``BATCH`` users/jtis, never one per stream. Streams whose credential
-no longer holds get ``event: end`` with the reason (``revoked`` or ``forbidden``) and are closed.
+user deleted, the role changed, a password change required, a session signed out (``DELETE``) — so
+every ``interval`` seconds this sweep reads, for the distinct users, jtis and sessions that have open
+streams, the user documents, which jtis are revoked and which sessions still exist: one ``$in`` query
+each per ``BATCH``, never one per stream. Streams whose credential no longer holds get ``event: end``
+with the reason (``revoked`` or ``forbidden``) and are closed.
 
 When the store cannot answer, open streams go on (SPEC §2: they keep forwarding); the sweep tries again.
 """
@@ -56,8 +57,10 @@ class CredentialSweep:
         if not streams:
             return
         try:
-            users, revoked = await self.read(
-                sorted({s.user for s in streams}), sorted({s.jti for s in streams if s.jti})
+            users, revoked, sessions = await self.read(
+                sorted({s.user for s in streams}),
+                sorted({s.jti for s in streams if s.jti}),
+                sorted({s.session for s in streams if s.session}),
             )
         except StoreUnavailable as exc:
             log.warning("credential sweep skipped: %s", exc)
@@ -65,20 +68,28 @@ class CredentialSweep:
         self.passes += 1
         for stream in streams:
             reason = self.verdict(stream, users.get(stream.user), revoked)
+            if reason is None and stream.session and stream.session not in sessions:
+                reason = REVOKED  # its session was signed out
             if reason is not None and not stream.closing:
                 log.info("ending a %s stream of user %s: %s", stream.kind, stream.user, reason)
                 self.writer.end_credential(stream, reason)
 
-    async def read(self, users: list[str], jtis: list[str]) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    async def read(
+        self, users: list[str], jtis: list[str], sessions: list[str]
+    ) -> tuple[dict[str, dict[str, Any]], set[str], set[str]]:
         found: dict[str, dict[str, Any]] = {}
         revoked: set[str] = set()
+        alive: set[str] = set()
         for start in range(0, len(users), BATCH):
             self.queries += 1
             found.update(await self.store.get_users(users[start : start + BATCH]))
         for start in range(0, len(jtis), BATCH):
             self.queries += 1
             revoked |= await self.store.revoked_among(jtis[start : start + BATCH])
-        return found, revoked
+        for start in range(0, len(sessions), BATCH):
+            self.queries += 1
+            alive |= await self.store.sessions_among(sessions[start : start + BATCH])
+        return found, revoked, alive
 
     def verdict(self, stream: LiveStream, user: dict[str, Any] | None, revoked: set[str]) -> str | None:
         """``revoked``, ``forbidden`` or None (the credential still holds)."""

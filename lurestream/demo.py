@@ -2,23 +2,31 @@
 
 Starts a local nats-server (JetStream on) and a local MongoDB-wire server on free ports, seeds a small
 realistic data set, runs a simulated DECNET publisher a few events per second, runs the server, and
-prints ready-to-paste ``curl -N`` commands with a valid token. Ctrl-C stops every child cleanly.
+prints ready-to-paste ``curl -N`` commands with a valid token, and the exact command that starts a second
+``lurestream serve`` beside it on the same NATS and MongoDB-wire. Ctrl-C stops every child cleanly.
+
+The JWT secret is ``LURESTREAM_JWT_SECRET`` when the environment sets it (so tokens minted elsewhere, and
+a second server, verify against the demo's), else a random one printed for the second server's use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import secrets
+import shlex
 import shutil
+import socket
+import sys
 import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from lurestream.config import Config, config_from
-from lurestream.localservices import ServiceError, mongo_wire_server, nats_server
+from lurestream.localservices import ServiceError, free_port, mongo_wire_server, nats_server
 from lurestream.logs import setup_logging
 from lurestream.tokens import mint_token
 
@@ -186,7 +194,53 @@ async def publish_forever(nats_url: str, rate: float) -> None:
         await nc.close()
 
 
-def banner(config: Config, port: int) -> str:
+def _serve_command() -> str:
+    """How to run ``lurestream serve`` with the interpreter the demo runs on (whatever the shell's PATH)."""
+    script = os.path.join(os.path.dirname(sys.executable), "lurestream")
+    if os.access(script, os.X_OK):
+        return f"{shlex.quote(script)} serve"
+    return f"{shlex.quote(sys.executable)} -m lurestream serve"
+
+
+def _port_beside(port: int) -> int:
+    """The demo's port + 1 when it is free now (easy to remember), else any free port."""
+    if 0 < port < 65535:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+                return port + 1
+            except OSError:
+                pass
+    return free_port()
+
+
+def second_server(config: Config, port: int, secret_from_env: bool) -> list[str]:
+    """The exact environment and command of a second server beside the demo: same NATS (JetStream stream
+    included, so ids and resumes agree), same database, same JWT secret, another port."""
+    # a secret the user supplied is never echoed; a random demo secret has to be, or nothing can share it
+    secret = '"$LURESTREAM_JWT_SECRET"' if secret_from_env else shlex.quote(config.jwt_secret)
+    env = [
+        f"LURESTREAM_NATS_URL={shlex.quote(config.nats_url)}",
+        f"LURESTREAM_MONGO_URI={shlex.quote(config.mongo_uri)}",
+        f"LURESTREAM_MONGO_DB={shlex.quote(config.mongo_db)}",
+        f"LURESTREAM_JETSTREAM={shlex.quote(config.jetstream)}",
+        f"LURESTREAM_JWT_SECRET={secret}",
+        f"LURESTREAM_PORT={_port_beside(port)}",
+        "LURESTREAM_DRAIN_SECONDS=1",  # like the demo: Ctrl-C need not wait 30 s
+    ]
+    secret_note = (
+        "as set in your environment"
+        if secret_from_env
+        else "here the demo's random one; set LURESTREAM_JWT_SECRET before `lurestream demo` to choose it"
+    )
+    return [
+        "Start a second server beside this one: same NATS, MongoDB-wire and JWT secret",
+        f"({secret_note}), another port; the dashboard link and tokens work on both:",
+        "  " + " ".join(env) + " " + _serve_command(),
+    ]
+
+
+def banner(config: Config, port: int, secret_from_env: bool = False) -> str:
     token = mint_token(config, VIEWER_UUID, ttl=24 * 3600)
     base = f"http://127.0.0.1:{port}/api/v1"
     attacker = f"{base}/attackers/{ATTACKERS[0]['_id']}/events?token={token}"
@@ -208,6 +262,8 @@ def banner(config: Config, port: int) -> str:
             f"Events carry ids (JetStream stream {config.jetstream!r}): stop a curl, then resume where it left off:",
             f"  curl -N -H 'Last-Event-ID: <the last id: seen>' '{attacker}'",
             "",
+            *second_server(config, port, secret_from_env),
+            "",
         ]
     )
 
@@ -219,6 +275,9 @@ def run_demo(port: int = 8700, rate: float = 3.0, duration: float = 0) -> int:
     from lurestream.listening import StartupError, listen
     from lurestream.server import serve
 
+    secret_from_env = bool(os.environ.get("LURESTREAM_JWT_SECRET"))
+    secret = os.environ["LURESTREAM_JWT_SECRET"] if secret_from_env else secrets.token_urlsafe(48)
+    config_from({"jwt_secret": secret})  # a secret too weak stops the demo here, before anything starts
     try:  # bind first: a busy port is the commonest failure, so say so before starting anything
         sockets = listen("127.0.0.1", port, reuse_port=False)
     except StartupError as exc:
@@ -240,7 +299,7 @@ def run_demo(port: int = 8700, rate: float = 3.0, duration: float = 0) -> int:
                 "nats_url": nats_svc.url,
                 "mongo_uri": mongo_svc.url,
                 "mongo_db": "decnet",
-                "jwt_secret": secrets.token_urlsafe(48),
+                "jwt_secret": secret,
                 "keepalive_seconds": 15,
                 "jetstream": "lurestream",  # event ids and resume; the hub creates the stream
                 "drain_seconds": 1,  # Ctrl-C should not wait the production default of 30 s
@@ -253,7 +312,7 @@ def run_demo(port: int = 8700, rate: float = 3.0, duration: float = 0) -> int:
             server = asyncio.create_task(serve(config, sockets=sockets, ready=ready))
             await ready.wait()
             publisher = asyncio.create_task(publish_forever(config.nats_url, rate))
-            print(banner(config, port), flush=True)
+            print(banner(config, port, secret_from_env), flush=True)
             if duration:
                 done, _ = await asyncio.wait({server}, timeout=duration)
                 if not done:

@@ -82,6 +82,7 @@ class LiveStream:
         "expires",
         "jti",
         "iat",
+        "session",
         "__weakref__",
     )
 
@@ -113,6 +114,7 @@ class LiveStream:
         self.expires = 0.0  # epoch seconds the credential expires (0: never checked)
         self.jti = ""  # the credential's JWT id and issue time, for the revocation sweep (SPEC §12)
         self.iat = 0.0
+        self.session = ""  # the session's hash, when a session cookie opened it
 
     # -- what the hub and the tests see ----------------------------------------------------------
     @property

@@ -21,6 +21,7 @@ from pymongo import MongoClient
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from browser import CHROMEDRIVER, CHROMIUM, console, new_driver  # noqa: E402
 from harness import ATTACKER_A, ATTACKER_B, SECRET, TOPOLOGY_1, TOPOLOGY_2, USERS, VIEWER, Harness  # noqa: E402
 from processes import ServerProcess  # noqa: E402
 
@@ -220,6 +221,24 @@ def ls(
     assert services.hub.subscription_count == 0, "leak: hub registrations remain after the test"
     assert services.hub.routing_keys == 0, "leak: routing keys remain after the test"
     assert services.limiter.held() == 0, "leak: connection slots remain after the test"
+
+
+@pytest.fixture
+def browser(tmp_path: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A headless Chromium for the test (skips where Chromium is missing); on failure, a screenshot and
+    whatever the console still holds are printed."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("no Chromium here: install Debian's chromium and chromium-driver to run the browser tests")
+    driver = new_driver()
+    try:
+        yield driver
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            path = tmp_path / "browser-failure.png"
+            driver.save_screenshot(str(path))
+            print(f"screenshot of the failing page ({driver.current_url}): {path}\nconsole:\n{console(driver)}")
+    finally:
+        driver.quit()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -249,3 +249,19 @@ async def test_sessions_count_against_the_mint_rate(ls):
     assert (await ls.fetch("POST", "/api/v1/auth/sse-session", bearer=token)).code == 204
     refused = await ls.fetch("POST", "/api/v1/auth/sse-session", bearer=token)
     assert refused.code == 429 and "Retry-After" in refused.headers
+
+
+@pytest.mark.gen_test(timeout=30)
+@SWEEP
+async def test_signing_out_a_session_ends_every_stream_it_opened(ls):
+    """DELETE in one tab ends the session's streams in the others (they would go on until a reconnect)."""
+    cookie = await session_cookie(ls, ls.token())
+    tabs = [await ls.open(STREAM, headers={"Cookie": cookie}) for _ in range(2)]
+    for tab in tabs:
+        await tab.start_stream()
+    other = await ls.open(STREAM, headers={"Cookie": await session_cookie(ls, ls.token())})
+    await other.start_stream()
+    assert (await ls.fetch("DELETE", "/api/v1/auth/sse-session", headers={"Cookie": cookie})).code == 204
+    assert [await end_of(tab) for tab in tabs] == ["revoked", "revoked"]
+    await ls.publish("attacker.observation.ja3", {"attacker_uuid": A, "n": 1})
+    assert (await other.next_event()).json()["payload"]["n"] == 1, "another session of the same user goes on"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import subprocess
@@ -11,8 +12,13 @@ import time
 import urllib.parse
 import urllib.request
 
+from harness import SECRET
 from processes import lurestream_env
 from sse_client import SSEClient
+
+from lurestream.config import config_from
+from lurestream.demo import ATTACKERS, VIEWER_UUID
+from lurestream.tokens import mint_token
 
 
 def _children(pid: int) -> set[int]:
@@ -80,3 +86,91 @@ def test_demo_serves_live_events_and_ctrl_c_stops_everything():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _read_until(proc: subprocess.Popen[str], output: list[str], pattern: str, timeout: float = 60) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line:
+            break
+        output.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match
+    raise AssertionError(f"the demo never printed {pattern!r}:\n" + "".join(output))
+
+
+async def _two_events(port: int, path: str) -> list[str]:
+    """A stream's snapshot id and two event ids after it."""
+    client = await SSEClient.open(port, path)
+    try:
+        snapshot = await client.start_stream()
+        ids = [snapshot.id]
+        while len(ids) < 3:
+            ids.append((await client.next_event(20)).id)
+        return ids
+    finally:
+        client.close()
+
+
+def test_demo_takes_the_jwt_secret_from_the_environment_and_prints_a_second_server_that_shares_it(tmp_path):
+    env = lurestream_env(jwt_secret=SECRET)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "lurestream", "demo", "--port", "0", "--rate", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    second = None
+    output: list[str] = []
+    try:
+        link = _read_until(demo, output, r"http://127\.0\.0\.1:(\d+)/#token=(\S+)")
+        demo_port, demo_token = int(link.group(1)), link.group(2)
+        _read_until(demo, output, r"^Start a second server")
+        command = _read_until(demo, output, r"^  (LURESTREAM_\S+=.* serve)$").group(1)
+        assert SECRET not in "".join(output), "a secret from the environment is never echoed"
+        assert 'LURESTREAM_JWT_SECRET="$LURESTREAM_JWT_SECRET"' in command
+        port = int(re.search(r"LURESTREAM_PORT=(\d+)", command).group(1))
+        assert port != demo_port  # the demo's port + 1 when that is free
+
+        # run it exactly as printed, from a shell that has the secret (as the user's has)
+        log = tmp_path / "second.log"
+        with open(log, "wb") as sink:
+            second = subprocess.Popen(
+                ["bash", "-c", command],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=sink,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert second.poll() is None and time.monotonic() < deadline, f"second server not ready:\n{log.read_text()}"
+            time.sleep(0.2)
+
+        attacker = f"/api/v1/attackers/{ATTACKERS[0]['_id']}/events"
+        ours = mint_token(config_from({"jwt_secret": SECRET}), VIEWER_UUID)
+        on_second = asyncio.run(_two_events(port, f"{attacker}?token={demo_token}"))
+        on_demo = asyncio.run(_two_events(demo_port, f"{attacker}?token={ours}"))
+        for ids in (on_second, on_demo):  # the demo's publisher reaches both, with JetStream ids
+            assert all(i is not None and i.isdigit() for i in ids) and int(ids[2]) > int(ids[1]) > int(ids[0]), ids
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0, log.read_text()
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(30) == 0
+    finally:
+        if second is not None and second.poll() is None:
+            os.killpg(second.pid, signal.SIGKILL)  # bash and the server it runs
+            second.wait()
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()

@@ -27,16 +27,18 @@ _PIECES = st.sampled_from(
 )  # fmt: skip
 
 
-def _best_of(fn: object, text: str, runs: int = 3) -> float:
+def _best_of(fn: object, text: str, runs: int = 5) -> float:
+    """The best of a few runs in CPU time (this process's), so other load on a shared machine —
+    which delays the process without making the work any bigger — does not fail the bound."""
     best = float("inf")
     for _ in range(runs):
-        started = time.perf_counter()
+        started = time.process_time()
         fn(text)  # type: ignore[operator]
-        best = min(best, time.perf_counter() - started)
+        best = min(best, time.process_time() - started)
     return best
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(unit=st.lists(_PIECES, min_size=1, max_size=12).map("".join))
 def test_redaction_is_linear_for_any_shape(unit: str) -> None:
     text = (unit * (SIZE // len(unit) + 1))[:SIZE]

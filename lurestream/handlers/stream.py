@@ -177,6 +177,7 @@ class StreamHandler(BaseHandler):
         live.span, self._span = self._span, None
         identity = self.identity
         live.jti, live.iat, live.expires = identity.jti, identity.iat, identity.exp  # checked for its whole life
+        live.session = identity.session
         self.metrics.streams_open.labels(self.kind).inc()
         self.metrics.connects.labels(self.kind).inc()
         return live

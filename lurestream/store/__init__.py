@@ -39,6 +39,10 @@ class Store(Protocol):
         """Several users at once (the open-stream credential sweep, SPEC §12)."""
         ...
 
+    async def sessions_among(self, session_hashes: list[str]) -> set[str]:
+        """Which of these sessions still exist (a signed-out session ends its streams, SPEC §12)."""
+        ...
+
     async def revoked_among(self, jtis: list[str]) -> set[str]:
         """Which of ``jtis`` are in ``revoked_tokens``."""
         ...

@@ -168,6 +168,11 @@ class MongoStore:
         return {doc["_id"]: doc for doc in await self._to_list(cursor)}
 
     @_unavailable
+    async def sessions_among(self, session_hashes: list[str]) -> set[str]:
+        cursor = self.db.sse_sessions.find({"_id": {"$in": session_hashes}}, {"_id": 1})
+        return {doc["_id"] for doc in await self._to_list(cursor)}
+
+    @_unavailable
     async def revoked_among(self, jtis: list[str]) -> set[str]:
         cursor = self.db.revoked_tokens.find({"_id": {"$in": jtis}}, {"_id": 1})
         return {doc["_id"] for doc in await self._to_list(cursor)}
