@@ -97,3 +97,10 @@ class MintRate:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class RequestCounter:
+    """Requests inside a handler right now: a drain waits for them before the store and bus close."""
+
+    def __init__(self) -> None:
+        self.count = 0

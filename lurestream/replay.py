@@ -49,7 +49,12 @@ class Resume:
 
 
 class ReplayMemory:
-    """Recent routed events, bounded in count and bytes; see the module docstring for the invariant."""
+    """Recent routed events, bounded in count and bytes; see the module docstring for the invariant.
+
+    Kept twice over (references, not copies): in arrival order, to drop the oldest, and per routing
+    key, so a resume looks only at the events of its stream's keys — its cost is what it replays, not
+    how many events the whole network produced since (a rolling deploy's reconnects scanned the lot).
+    """
 
     def __init__(self, max_events: int, max_bytes: int) -> None:
         self.max_events = max_events
@@ -57,6 +62,7 @@ class ReplayMemory:
         self.floor: int | None = None  # None: the memory covers nothing (JetStream off or not started)
         self.bytes = 0
         self._events: deque[tuple[int, Key, Item]] = deque()
+        self._by_key: dict[Key, deque[tuple[int, Item]]] = {}
 
     def __len__(self) -> int:
         return len(self._events)
@@ -64,17 +70,26 @@ class ReplayMemory:
     def start(self, floor: int | None) -> None:
         """Begin covering sequences after ``floor`` (forgetting anything older)."""
         self._events.clear()
+        self._by_key.clear()
         self.bytes = 0
         self.floor = floor
 
     def remember(self, seq: int, key: Key, item: Item) -> None:
         events = self._events
         events.append((seq, key, item))
+        by_key = self._by_key.get(key)
+        if by_key is None:
+            by_key = self._by_key[key] = deque()
+        by_key.append((seq, item))
         self.bytes += len(item[1])
         while events and (len(events) > self.max_events or self.bytes > self.max_bytes):
-            old_seq, _key, old = events.popleft()
+            old_seq, old_key, old = events.popleft()
             self.bytes -= len(old[1])
             self.floor = old_seq
+            oldest = self._by_key[old_key]
+            oldest.popleft()  # the same event: both are in sequence order
+            if not oldest:
+                del self._by_key[old_key]
 
     def covers(self, after: int) -> bool:
         return self.floor is not None and after >= self.floor
@@ -84,15 +99,15 @@ class ReplayMemory:
         not reach back to ``after``."""
         if not self.covers(after) or until < after:
             return None
-        wanted = set(keys)
-        found = []
-        for seq, key, item in reversed(self._events):
-            if seq <= after:
-                break
-            if seq <= until and key in wanted:
-                found.append(item)
-        found.reverse()
-        return found
+        found: list[tuple[int, Item]] = []
+        for key in set(keys):
+            for seq, item in reversed(self._by_key.get(key, ())):
+                if seq <= after:
+                    break
+                if seq <= until:
+                    found.append((seq, item))
+        found.sort(key=lambda pair: pair[0])
+        return [item for _seq, item in found]
 
 
 class Replayer:

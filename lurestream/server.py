@@ -34,7 +34,7 @@ from lurestream.handlers import all_handlers
 from lurestream.handlers.base import NotFoundHandler
 from lurestream.hub import Hub
 from lurestream.jetstream import stream_config
-from lurestream.limits import ConnectionLimiter, MintRate, Slots
+from lurestream.limits import ConnectionLimiter, MintRate, RequestCounter, Slots
 from lurestream.listening import listen
 from lurestream.logs import access_log_function
 from lurestream.metrics import Metrics
@@ -66,6 +66,7 @@ class Services:
     mint_rate: MintRate
     writer: LiveWriter
     reads: StoreReads
+    requests: RequestCounter
     _housekeeping: PeriodicCallback | None = None
 
     @classmethod
@@ -127,6 +128,7 @@ class Services:
             MintRate(*config.mint_rate),
             writer,
             StoreReads(the_store, on_snapshot_query=lambda _keys: metrics.snapshot_queries.inc()),
+            RequestCounter(),
         )
 
     async def start(self) -> None:
@@ -191,6 +193,7 @@ def make_app(services: Services, **settings: Any) -> tornado.web.Application:
         mint_rate=services.mint_rate,
         writer=services.writer,
         reads=services.reads,
+        requests=services.requests,
     )
     app_settings: dict[str, Any] = dict(
         cors_origins=config.cors_origins,
@@ -331,7 +334,8 @@ class Signals:
 async def drain(services: Services, seconds: float, cut_short: asyncio.Event) -> None:
     """Close open streams spread evenly over ``seconds`` (each gets a jittered ``retry:`` hint), so the
     reconnects land on the other servers gradually; return once every slot is released."""
-    writer, limiter = services.writer, services.limiter
+    writer, limiter, requests = services.writer, services.limiter, services.requests
+    writer.draining = True  # a stream whose request is still in its handler is drained as it opens
     streams = [s for s in writer.streams if not s.closing]
     random.shuffle(streams)
     log.info("draining: closing %d streams over %.0fs (a second signal closes them at once)", len(streams), seconds)
@@ -341,7 +345,9 @@ async def drain(services: Services, seconds: float, cut_short: asyncio.Event) ->
     deadline = loop.time() + seconds + 5.0
     cut = asyncio.ensure_future(cut_short.wait())
     try:
-        while limiter.held() and loop.time() < deadline and not cut.done():
+        # until every stream is gone and no request is still in its handler (a request that had not
+        # reached its stream when the signal came would otherwise lose its store under it: a 500)
+        while (limiter.held() or requests.count) and loop.time() < deadline and not cut.done():
             await asyncio.wait([cut], timeout=0.05)
         if cut.done():
             log.info("second signal: closing %d streams now", len(writer.streams))

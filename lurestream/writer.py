@@ -320,6 +320,7 @@ class LiveWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.checks: list[Callable[[float], None]] = []  # extra work for each sweep (credential checks)
+        self.draining = False  # the process is shutting down: a stream that opens now is sent on at once
 
     # -- life of the writer ------------------------------------------------------------------------
     @property
@@ -367,6 +368,8 @@ class LiveWriter:
         if stream.unsent is not None and not stream.closed:
             stream.stalled_since = loop.time()
             self.want_writable(stream)
+        if self.draining:  # its request began before the drain: it reconnects elsewhere right away
+            self.drain(stream)
         return stream
 
     # -- flushing --------------------------------------------------------------------------------------

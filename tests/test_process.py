@@ -276,3 +276,33 @@ async def test_workers_share_the_port_and_a_killed_worker_is_replaced(server, na
     client.close()
     server.signal(signal.SIGTERM)
     assert await loop.run_in_executor(None, server.wait, 20) == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.server_settings(drain_seconds=1)
+async def test_a_request_in_its_handler_when_the_drain_begins_is_answered_not_dropped(server, mongo_service):
+    """SIGTERM while a stream request waits for MongoDB and no stream is open yet: the drain waits for
+    it (it used to end at once and close the store under it: a 500 and a dropped connection), and the
+    stream that opens is drained at once with a retry hint."""
+    if mongo_service.proc is None:
+        pytest.skip("needs the MongoDB-wire server this session started (to pause it)")
+    token = mint_token(config_from({"jwt_secret": SECRET}), VIEWER)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    mongo_service.proc.send_signal(signal.SIGSTOP)
+    try:
+        writer.write(f"GET {STREAM}?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        await asyncio.sleep(0.3)  # waiting for the user look-up
+        server.signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+    finally:
+        mongo_service.proc.send_signal(signal.SIGCONT)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    body = b""
+    while chunk := await asyncio.wait_for(reader.read(65536), 10):
+        body += chunk
+    assert b"retry: " in body and body.endswith(b"0\r\n\r\n"), body[-200:]
+    writer.close()
+    assert await asyncio.get_running_loop().run_in_executor(None, server.wait, 15) == 0
+    assert "500 GET" not in server.log()

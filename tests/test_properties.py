@@ -173,3 +173,35 @@ def test_dumps_is_always_strict_single_line_ascii(value: Any) -> None:
     text = sse.dumps(value)
     assert text.isascii() and "\n" not in text and "\r" not in text
     strict_json(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    events=st.lists(st.tuples(st.integers(0, 4), st.integers(1, 50)), max_size=120),
+    max_events=st.integers(0, 60),
+    max_bytes=st.integers(0, 2000),
+    query=st.tuples(st.integers(0, 130), st.integers(0, 130), st.sets(st.integers(0, 5), max_size=3)),
+)
+def test_the_replay_memory_answers_like_a_scan_of_what_it_kept(events, max_events, max_bytes, query) -> None:
+    """The per-key index gives exactly what scanning the kept events would, and the floor moves with
+    every event let go (bounded by count and by bytes)."""
+    from lurestream.replay import ReplayMemory
+
+    memory = ReplayMemory(max_events, max_bytes)
+    memory.start(0)
+    kept: list[tuple[int, tuple[str, str], tuple[int, bytes, float]]] = []
+    for seq, (key_n, size) in enumerate(events, start=1):
+        key, item = ("k", str(key_n)), (seq, b"x" * size, 0.0)
+        memory.remember(seq, key, item)
+        kept.append((seq, key, item))
+        while kept and (len(kept) > max_events or sum(len(i[1]) for _, _, i in kept) > max_bytes):
+            kept.pop(0)
+    assert len(memory) == len(kept) and memory.bytes == sum(len(i[1]) for _, _, i in kept)
+    after, until, key_ns = query
+    keys = [("k", str(n)) for n in key_ns]
+    got = memory.between(after, until, keys)
+    floor = memory.floor or 0
+    if after < floor or until < after:
+        assert got is None
+    else:
+        assert got == [item for seq, key, item in kept if after < seq <= until and key in keys]

@@ -15,6 +15,7 @@ import tornado.web
 
 from lurestream.auth import INVALID_CREDENTIALS, NOT_AUTHENTICATED, Authenticator, AuthError, Identity
 from lurestream.config import Config
+from lurestream.limits import RequestCounter
 from lurestream.redact import redact, redact_url
 from lurestream.store import StoreUnavailable
 
@@ -70,6 +71,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # -- auth -----------------------------------------------------------------------------------
     async def prepare(self) -> None:
+        self._track()
         if self.request.method not in allowed_methods(self):  # 405 before auth: it reveals nothing
             raise tornado.web.HTTPError(405)
         if not self.auth_required or self.request.method == "OPTIONS":
@@ -115,6 +117,26 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         write_json_error(self, status_code, **kwargs)
 
+    # -- in-flight requests (a drain waits for them) --------------------------------------------------
+    _tracked = False
+
+    requests: RequestCounter | None = None  # from the route's services (absent for static files)
+
+    def _track(self) -> None:
+        if self.requests is not None and not self._tracked:
+            self._tracked = True
+            self.requests.count += 1
+
+    def untrack(self) -> None:
+        """The request is done with its handler: answered (``on_finish``) or handed to the live writer."""
+        if self._tracked:
+            self._tracked = False
+            assert self.requests is not None
+            self.requests.count -= 1
+
+    def on_finish(self) -> None:
+        self.untrack()
+
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
         """A refused request (an HTTPError) is said once, on its access line (``refusal``); anything
         else is Tornado's error with its traceback."""
@@ -144,6 +166,8 @@ def write_json_error(handler: tornado.web.RequestHandler, status_code: int, **kw
         handler.set_header("WWW-Authenticate", "Bearer")
     if status_code == 405:
         handler.set_header("Allow", ", ".join(allowed_methods(handler)))
+    if status_code == 503 and getattr(handler, "metrics", None) is not None:
+        handler.metrics.http_refused.labels("store_unavailable").inc()  # type: ignore[attr-defined]
     if isinstance(exc, ApiError):
         for name, value in exc.headers.items():
             handler.set_header(name, value)

@@ -103,6 +103,7 @@ class StreamHandler(BaseHandler):
 
     def on_finish(self) -> None:
         """A refused request (401/403/404/429/503) ends its span here; a stream's span ends with it."""
+        super().on_finish()
         span = self._span
         if span is not None:
             span.set_attribute("http.response.status_code", self.get_status())
@@ -111,6 +112,13 @@ class StreamHandler(BaseHandler):
 
     # -- the lifecycle ---------------------------------------------------------------------------
     async def get(self, resource_id: str) -> None:
+        try:
+            await self._get(resource_id)
+        finally:
+            if self._finished:  # handed to the writer (detached: Tornado calls no on_finish), or answered
+                self.untrack()
+
+    async def _get(self, resource_id: str) -> None:
         assert self.identity is not None
         if len(resource_id) > self.config.max_id_length:  # no id is that long: unknown, without a query
             self.metrics.http_refused.labels("id_too_long").inc()
@@ -128,6 +136,7 @@ class StreamHandler(BaseHandler):
             raise ApiError(404, self.not_found)
         user = self.identity.uuid
         if not self.limiter.try_acquire(user):
+            self.metrics.http_refused.labels("user_cap").inc()
             raise ApiError(429, f"SSE connection limit ({self.limiter.max_per_user}) reached")
         try:
             live = self._hand_off(resource)
