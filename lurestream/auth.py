@@ -181,12 +181,7 @@ class Authenticator:
 
     async def redeem_ticket(self, ticket: str) -> Identity:
         """Use a ticket up (whatever the outcome), then check its expiry and role."""
-        doc = await self.store.take_ticket(hash_ticket(ticket))
-        if doc is None:
-            raise AuthError(401, INVALID_TICKET, "unknown or reused ticket")
-        expires = _epoch(doc.get("expires_at"))
-        if expires is None or expires <= datetime.now(timezone.utc).timestamp():
-            raise AuthError(401, INVALID_TICKET, "expired ticket")
+        doc = _unexpired(await self.store.take_ticket(hash_ticket(ticket)), INVALID_TICKET, "unknown or reused ticket")
         identity = Identity(
             str(doc.get("uuid")),
             str(doc.get("role") or ""),
@@ -214,14 +209,9 @@ class Authenticator:
 
     async def authenticate_session(self, secret: str) -> Identity:
         """A session cookie: it exists and has not expired; then the same user checks as a JWT."""
-        doc = await self.store.get_session(hash_ticket(secret))
-        if doc is None:
-            raise AuthError(401, INVALID_SESSION, "unknown session")
-        expires = _epoch(doc.get("expires_at"))
-        if expires is None or expires <= time.time():
-            raise AuthError(401, INVALID_SESSION, "expired session")
+        doc = _unexpired(await self.store.get_session(hash_ticket(secret)), INVALID_SESSION, "unknown session")
         jti, iat, _exp = _credential(doc.get("jti"), doc.get("iat"), None)
-        identity = await self.check_user(str(doc.get("uuid")), jti, iat, expires)
+        identity = await self.check_user(str(doc.get("uuid")), jti, iat, doc["expires_at"])
         return dataclasses.replace(identity, session=hash_ticket(secret))
 
     async def end_session(self, secret: str) -> None:
@@ -248,6 +238,17 @@ def password_change_required(user: dict[str, Any]) -> bool:
     """``must_change_password`` is set: ``true``, or ``1`` (how some MongoDB-wire servers store a ``$set`` boolean)."""
     flag = user.get("must_change_password")
     return flag is True or (type(flag) is int and flag == 1)
+
+
+def _unexpired(doc: dict[str, Any] | None, detail: str, unknown: str) -> dict[str, Any]:
+    """A stored ticket or session that exists and has not expired, its ``expires_at`` as epoch seconds;
+    else the 401 with ``detail`` (the reason says which: ``unknown``, or ``expired`` + its kind)."""
+    if doc is None:
+        raise AuthError(401, detail, unknown)
+    expires = _epoch(doc.get("expires_at"))
+    if expires is None or expires <= time.time():
+        raise AuthError(401, detail, "expired " + unknown.rsplit(" ", 1)[-1])
+    return {**doc, "expires_at": expires}
 
 
 def _credential(jti: Any, iat: Any, exp: Any) -> tuple[str, float, float]:

@@ -15,7 +15,7 @@ import random
 import resource
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import tornado.web
@@ -180,21 +180,8 @@ def _stream_lagging(stream: LiveStream, hub: Hub) -> None:
 def make_app(services: Services, **settings: Any) -> tornado.web.Application:
     """The Tornado Application for one process; ``settings`` may override tunables (tests do)."""
     config = services.config
-    route_services = dict(
-        config=config,
-        auth=services.auth,
-        store=services.store,
-        hub=services.hub,
-        limiter=services.limiter,
-        metrics=services.metrics,
-        tracer=services.tracer,
-        snapshots=services.snapshots,
-        resources=services.resources,
-        mint_rate=services.mint_rate,
-        writer=services.writer,
-        reads=services.reads,
-        requests=services.requests,
-    )
+    # every service the process owns, for the handlers' initialize() (DESIGN: passed in, never imported)
+    route_services = {f.name: getattr(services, f.name) for f in fields(services) if not f.name.startswith("_")}
     app_settings: dict[str, Any] = dict(
         cors_origins=config.cors_origins,
         log_function=access_log_function,
