@@ -91,6 +91,24 @@ async def test_revoked_jti_is_401(ls):
     await assert_401(await ls.open(STREAM, token=token))
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_a_storm_of_different_users_is_checked_with_a_few_batched_look_ups(ls):
+    """40 users connecting together (one with a revoked token, one unknown): their user and revocation
+    look-ups go to the store as a few $in queries, not one per user, and each still gets its own verdict."""
+    users = [f"99999999-0000-4000-8000-{n:012d}" for n in range(40)]
+    ls.db.users.insert_many([{"_id": u, "role": "viewer", "must_change_password": False} for u in users])
+    ls.db.revoked_tokens.insert_one({"_id": "storm-jti-3", "expires_at": datetime.now(timezone.utc)})
+    tokens = [ls.token(u, jti=f"storm-jti-{n}") for n, u in enumerate(users)]
+    tokens.append(ls.token("99999999-0000-4000-8000-999999999999", jti="storm-jti-unknown-user"))
+    clients = await asyncio.gather(*(ls.open(STREAM, token=t) for t in tokens))
+    codes = [c.status for c in clients]
+    assert codes[3] == 401 and codes[-1] == 401, codes
+    assert codes[:3] + codes[4:-1] == [200] * 39, codes
+    auth = ls.services.auth
+    assert auth.user_reads.queries <= 10, f"{auth.user_reads.queries} user queries for 41 users"
+    assert auth.revocation_reads.queries <= 10, f"{auth.revocation_reads.queries} revocation queries for 40 jtis"
+
+
 @pytest.mark.gen_test
 async def test_token_issued_before_tokens_valid_from_is_401(ls):
     now = time.time()

@@ -39,6 +39,15 @@ class Store(Protocol):
         """Several users at once (the open-stream credential sweep, SPEC §12)."""
         ...
 
+    async def look_up_users(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
+        """``get_users`` for the connect path (the coalesced look-ups of a connect storm): it answers,
+        or raises StoreUnavailable, within the connect path's timeout."""
+        ...
+
+    async def look_up_revoked(self, jtis: list[str]) -> set[str]:
+        """``revoked_among`` for the connect path, within its timeout (see ``look_up_users``)."""
+        ...
+
     async def sessions_among(self, session_hashes: list[str]) -> set[str]:
         """Which of these sessions still exist (a signed-out session ends its streams, SPEC §12)."""
         ...

@@ -171,6 +171,11 @@ class MongoStore:
         )
         return {doc["_id"]: doc for doc in await self._to_list(cursor)}
 
+    @_quick
+    async def look_up_users(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
+        """``get_users`` on the connect path: StoreUnavailable after ``timeout_ms`` (a quick 503)."""
+        return await self.get_users(uuids)
+
     @_unavailable
     async def sessions_among(self, session_hashes: list[str]) -> set[str]:
         cursor = self.db.sse_sessions.find({"_id": {"$in": session_hashes}}, {"_id": 1})
@@ -180,6 +185,11 @@ class MongoStore:
     async def revoked_among(self, jtis: list[str]) -> set[str]:
         cursor = self.db.revoked_tokens.find({"_id": {"$in": jtis}}, {"_id": 1})
         return {doc["_id"] for doc in await self._to_list(cursor)}
+
+    @_quick
+    async def look_up_revoked(self, jtis: list[str]) -> set[str]:
+        """``revoked_among`` on the connect path: StoreUnavailable after ``timeout_ms`` (a quick 503)."""
+        return await self.revoked_among(jtis)
 
     @_quick
     async def get_attacker(self, uuid: str) -> dict[str, Any] | None:
