@@ -197,7 +197,11 @@ async def test_a_rolling_restart_moves_every_client_without_a_gap(cluster, follo
     reconnects = reconnect_times(group)
     assert len(reconnects) >= len(group)
     for f in group:
-        assert all(s.opening == "resumed" for s in f.sessions[1:]), f.sessions
+        # a reconnect that reached a host just as it began draining is drained at once, before its opening
+        # frame: a `retry:` and the end, nothing delivered (EventSource reconnects; a 503 would stop it)
+        drained_at_once = [s for s in f.sessions[1:] if not s.opening]
+        assert all(s.events == 0 and s.retry_hint is not None for s in drained_at_once), f.sessions
+        assert all(s.opening == "resumed" for s in f.sessions[1:] if s.opening), f.sessions
     resumes = await asyncio.to_thread(_counters, cluster.hosts, "lurestream_resumes_total")
     print(
         f"\nrolling restart, drain {drain}s: " + "; ".join(lines) + f"; {len(reconnects)} reconnects, peak "
