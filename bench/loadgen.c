@@ -107,6 +107,10 @@ static long inflight = 0, retries = 0, retried = 0;
 /* connections waiting to be opened again (each at most once at a time: a ring of COUNT entries) */
 static long *rq, rq_head = 0, rq_len = 0, rq_cap = 0;
 static double *rq_due;
+/* LOADGEN_CONNECT_LOG=FILE: one line per response head, "index started_s latency_s status" (started: since
+ * the run began), to see which connects make a storm's tail */
+static FILE *connect_log;
+static double run_began;
 
 static const char *errno_name(int e) {
     switch (e) {
@@ -248,6 +252,8 @@ int main(int argc, char **argv) {
     rq_cap = count; rq = calloc(count, sizeof(long)); rq_due = calloc(count, sizeof(double));
     long opened = 0;
     double t0 = now_mono(), all_up_at = 0, last_up = 0;
+    run_began = t0;
+    if (getenv("LOADGEN_CONNECT_LOG")) connect_log = fopen(getenv("LOADGEN_CONNECT_LOG"), "w");
     struct epoll_event evs[1024];
     char rbuf[65536];
 
@@ -313,6 +319,7 @@ int main(int argc, char **argv) {
                             inflight--;
                             statuses[c->status > 0 && c->status < 600 ? c->status : 0]++;
                             res_add(&headers_lat, now_mono() - c->started);
+                            if (connect_log) fprintf(connect_log, "%ld %.6f %.6f %d\n", idx, c->started - run_began, now_mono() - c->started, c->status);
                             if (c->status != 200) { non200++; give_up(idx); break; }
                             c->state = STREAMING; up++;
                             last_up = now_mono();
@@ -390,5 +397,6 @@ int main(int argc, char **argv) {
     for (long i = 0; i < opened; i++)
         if (conns[i].why == CLOSED_EARLY) { printf("%s%ld", first ? "" : ",", i); first = 0; }
     printf("]}\n");
+    if (connect_log) fclose(connect_log);
     return 0;
 }
