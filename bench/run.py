@@ -21,7 +21,8 @@ the streams that got a 200 (streams refused or failed are counted apart). Load g
 After each lurestream scenario its ``/metrics`` is scraped: lagging closes, send timeouts, disconnects
 by reason, refusals, snapshot queries. ``--profile DIR`` records each lurestream worker with py-spy
 during the measured window (collapsed stacks, a speedscope JSON and a text summary per scenario).
-Writes Markdown to stdout and to bench/RESULTS.md (with the command and machine), or to ``--output``.
+Prints Markdown (with the command and machine); ``--output FILE`` also writes it to FILE. bench/RESULTS.md is
+assembled by hand from such runs (with the abuse and cluster benches' sections), so a run never overwrites it.
 nchan (Debian's nginx-light + libnginx-mod-nchan) is fed over its HTTP publisher endpoint, since it has
 no NATS input; it runs when /usr/sbin/nginx and the nchan module are installed.
 """
@@ -1044,7 +1045,7 @@ def main() -> None:
         default=1.0,
         help="publish rate for the seed design relative to the others (it collapses at full rate)",
     )
-    parser.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"))
+    parser.add_argument("--output", help="also write the Markdown to this file")
     args = parser.parse_args()
     servers = [s for s in args.servers.split(",") if s]
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -1240,8 +1241,9 @@ def report(results: dict[str, list[tuple[str, dict]]], args: argparse.Namespace)
     )
     text = "\n".join(parts)
     print(text)
-    with open(args.output, "w") as fh:
-        fh.write(text)
+    if args.output:
+        with open(args.output, "w") as fh:
+            fh.write(text)
 
 
 def counters_notes(results: dict[str, list[tuple[str, dict]]]) -> list[str]:
