@@ -167,6 +167,11 @@ def start_lurestream(nats_url: str, mongo_url: str, processes: int, work: str) -
     return Server(name, port, proc, "nats", extra={"processes": processes})
 
 
+def mongo_uri(url: str, options: str) -> str:
+    """``url`` with URI options (``?a=1&b=2``) after the ``/`` PyMongo wants before them."""
+    return url + "/" + options if options else url
+
+
 def start_seed(nats_url: str, mongo_url: str, work: str) -> Server:
     port = free_port()
     env = dict(
@@ -1045,6 +1050,12 @@ def main() -> None:
         default=1.0,
         help="publish rate for the seed design relative to the others (it collapses at full rate)",
     )
+    parser.add_argument(
+        "--mongo-options",
+        default="",
+        help="options for lurestream's MongoDB URI, e.g. '?maxConnecting=16&minPoolSize=16' (PyMongo's pool, "
+        "as docs/operations.md recommends; default: PyMongo's defaults)",
+    )
     parser.add_argument("--output", help="also write the Markdown to this file")
     args = parser.parse_args()
     servers = [s for s in args.servers.split(",") if s]
@@ -1066,7 +1077,7 @@ def main() -> None:
             for scenario in scenarios:
                 commit = git_commit() if name == "lurestream" else None
                 server = (
-                    start_lurestream(nats_svc.url, mongo_svc.url, args.processes, work)
+                    start_lurestream(nats_svc.url, mongo_uri(mongo_svc.url, args.mongo_options), args.processes, work)
                     if name == "lurestream"
                     else start_seed(nats_svc.url, mongo_svc.url, work)
                     if name == "seed"
