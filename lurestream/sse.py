@@ -13,6 +13,8 @@ import math
 from datetime import date, datetime
 from typing import Any
 
+import orjson
+
 KEEPALIVE = b": keepalive\n\n"
 ERROR_FRAME = b'event: error\ndata: {"message":"Stream interrupted"}\n\n'
 
@@ -79,12 +81,19 @@ def encode_event(
 ) -> bytes:
     """The frame of a live bus event (SPEC §2.3); ``seq`` (JetStream) becomes its ``id:``.
 
-    The hot path of every bus message: ``dumps`` is one ASCII line, so the frame is built directly.
+    The hot path of every bus message, encoded by orjson (~10× the standard library): one line of UTF-8
+    (it escapes every control character, so no CR or LF can break the frame), built directly. A payload
+    orjson refuses (an integer past 64 bits, a lone surrogate: only possible when the decoder's exact
+    path read it) goes through :func:`dumps` instead. orjson writes NaN/Infinity as ``null``, as ``dumps``
+    does; the decoder never lets them in.
     """
-    data = dumps({"topic": topic, "type": type_, "ts": ts, "payload": payload})
-    if seq is None:
-        return f"event: {_field(event)}\ndata: {data}\n\n".encode()
-    return f"id: {seq}\nevent: {_field(event)}\ndata: {data}\n\n".encode()
+    body = {"topic": topic, "type": type_, "ts": ts, "payload": payload}
+    try:
+        data = orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        data = dumps(body).encode()
+    head = f"event: {_field(event)}\ndata: " if seq is None else f"id: {seq}\nevent: {_field(event)}\ndata: "
+    return b"".join((head.encode(), data, b"\n\n"))
 
 
 def end_frame(reason: str) -> bytes:

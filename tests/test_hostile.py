@@ -56,6 +56,28 @@ def test_limits_of_the_decoder_are_exact():
         decode_envelope("s", b'{"payload": {"pad": "' + b"x" * 1000 + b'"}}', max_bytes=1000)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        -(2**63) - 1,  # 19 digits, the first integer past 64 bits below zero
+        2**64,  # 20 digits
+        10**40,
+        "\ud800 hidden from a dashboard if a lone surrogate made the body malformed",
+        "é ☃ \U0001f600 \u2028",
+    ],
+)
+def test_values_a_fast_parser_would_change_are_forwarded_exactly(value):
+    """orjson reads integers past 64 bits as floats and refuses escaped lone surrogates; the decoder
+    reads those bodies exactly instead, and the frame carries the same value."""
+    body = json.dumps({"ts": 1, "payload": {"attacker_uuid": "a", "v": value}}).encode()
+    env = decode_envelope("attacker.observation.x", body)
+    assert env.payload["v"] == value and type(env.payload["v"]) is type(value)
+    frame = sse.encode_event("observation", env.topic, env.type, env.ts, env.payload, 7)
+    data = frame.decode("utf-8").split("\ndata: ", 1)[1].removesuffix("\n\n")
+    assert "\n" not in data and "\r" not in data
+    assert json.loads(data)["payload"]["v"] == value
+
+
 def test_stored_nan_is_sent_as_null_not_as_non_json():
     text = sse.dumps({"confidence": float("nan"), "v": [float("inf"), 1.5], "ok": 2.0})
     assert json.loads(text) == {"confidence": None, "v": [None, 1.5], "ok": 2.0}
