@@ -76,22 +76,32 @@ def encode_frame(event: str, data: str, event_id: str | None = None) -> bytes:
     return "".join(parts).encode("utf-8")
 
 
+# what orjson writes raw that some line splitters read as a line break: NEL, LINE and PARAGRAPH SEPARATOR
+_LINE_BREAKS_BEYOND_LF = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
+
+
 def encode_event(
     event: str, topic: str, type_: str, ts: float, payload: dict[str, Any], seq: int | None = None
 ) -> bytes:
     """The frame of a live bus event (SPEC §2.3); ``seq`` (JetStream) becomes its ``id:``.
 
     The hot path of every bus message, encoded by orjson (~10× the standard library): one line of UTF-8
-    (it escapes every control character, so no CR or LF can break the frame), built directly. A payload
-    orjson refuses (an integer past 64 bits, a lone surrogate: only possible when the decoder's exact
-    path read it) goes through :func:`dumps` instead. orjson writes NaN/Infinity as ``null``, as ``dumps``
-    does; the decoder never lets them in.
+    (it escapes every control character, so no CR or LF can break the frame), built directly. NEL, LS and
+    PS, which orjson leaves as they are, are escaped too: SSE splits lines on CR and LF only, but line
+    splitters in other languages (Python's ``str.splitlines``) also break on those. A payload orjson
+    refuses (an integer past 64 bits, a lone surrogate: only possible when the decoder's exact path read
+    it) goes through :func:`dumps` instead. orjson writes NaN/Infinity as ``null``, as ``dumps`` does; the
+    decoder never lets them in.
     """
     body = {"topic": topic, "type": type_, "ts": ts, "payload": payload}
     try:
         data = orjson.dumps(body)
     except orjson.JSONEncodeError:
         data = dumps(body).encode()
+    else:
+        for raw, escaped in _LINE_BREAKS_BEYOND_LF:
+            if raw in data:  # only inside strings: JSON's own syntax is ASCII
+                data = data.replace(raw, escaped)
     head = f"event: {_field(event)}\ndata: " if seq is None else f"id: {seq}\nevent: {_field(event)}\ndata: "
     return b"".join((head.encode(), data, b"\n\n"))
 
