@@ -170,7 +170,9 @@ class LiveStream:
         held, self.held = self.held or [], None
         self.floor = floor
         self.live = True
-        frames = list(opening)
+        # One chunk for the opening: a replay may hold thousands of frames (bounded in bytes by the
+        # handler), and QUEUE_MAX counts live frames waiting, not the replay they follow.
+        frames = [b"".join(opening)] if opening else []
         frames.extend(frame for seq, frame in held if not (seq and seq <= floor))
         self.frames = frames
         self.frames_bytes = sum(len(f) for f in frames)

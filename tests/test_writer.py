@@ -196,6 +196,26 @@ def test_lagging_is_by_bytes_and_the_stream_gets_its_queue_a_retry_hint_and_the_
     run(scenario)
 
 
+def test_a_replay_longer_than_the_queue_bound_is_not_lagging():
+    """A resume replays up to REPLAY_MAX events (bounded in bytes): a live event arriving before the first
+    flush was counted against QUEUE_MAX with every replayed frame, and closed a healthy stream as
+    lagging (seen as a flaky resume test under load)."""
+
+    async def scenario() -> None:
+        rig = Rig(queue_max=8)
+        stream, peer = rig.open()
+        replay = [f"id: {n}\ndata: {n}\n\n".encode() for n in range(1, 51)]
+        stream.go_live([b"event: resumed\ndata: {}\n\n", *replay], 50)
+        assert rig.publish(51, seq=51) == 1, "a live event right after a long replay is delivered"
+        assert not stream.closing
+        raw = await read_all(peer, lambda got: b'"n":51' in got)
+        body, _ended = h11_body(raw)
+        assert body.count(b"data: ") == 52 and b"retry:" not in body
+        rig.close()
+
+    run(scenario)
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_the_chunked_response_is_strict_http_and_ends_properly(ls):
     reader, writer = await asyncio.open_connection("127.0.0.1", ls.port)
