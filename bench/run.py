@@ -55,7 +55,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 from serving import SECRET, serve  # noqa: E402
 
 from lurestream.config import config_from  # noqa: E402
-from lurestream.localservices import free_port, mongo_wire_server, nats_server, wait_port  # noqa: E402
+from lurestream.localservices import free_port, mongo_uri, mongo_wire_server, nats_server, wait_port  # noqa: E402
 from lurestream.tokens import mint_token  # noqa: E402
 
 ATTACKERS = 1000
@@ -165,11 +165,6 @@ def start_lurestream(nats_url: str, mongo_url: str, processes: int, work: str) -
     time.sleep(1.5)
     name = "lurestream" if processes == 1 else f"lurestream ×{processes}"
     return Server(name, port, proc, "nats", extra={"processes": processes})
-
-
-def mongo_uri(url: str, options: str) -> str:
-    """``url`` with URI options (``?a=1&b=2``) after the ``/`` PyMongo wants before them."""
-    return url + "/" + options if options else url
 
 
 def start_seed(nats_url: str, mongo_url: str, work: str) -> Server:

@@ -167,6 +167,12 @@ def nats_server(workdir: str | None = None, port: int | None = None) -> LocalSer
     return LocalService("nats-server", "nats", argv, port, workdir, {"monitor": monitor})
 
 
+def mongo_uri(url: str, options: str = "") -> str:
+    """``url`` (``mongodb://host:port``) with URI options (``?maxConnecting=16``) after the ``/`` PyMongo
+    wants before them."""
+    return url + "/" + options if options else url
+
+
 def mongo_wire_server(workdir: str | None = None, port: int | None = None) -> LocalService:
     """An nx-27017 MongoDB-wire server with in-memory databases and its own pid and log files."""
     workdir = workdir or tempfile.mkdtemp(prefix="lurestream-mongo-")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from lurestream.localservices import free_port, wait_port
@@ -18,6 +19,24 @@ def lurestream_env(**settings: Any) -> dict[str, str]:
     for key, value in settings.items():
         env["LURESTREAM_" + key.upper()] = str(value)
     return env
+
+
+def wait_ready(
+    port: int, timeout: float, proc: subprocess.Popen[Any] | None = None, log: Callable[[], str] = str
+) -> None:
+    """Until ``/readyz`` on ``port`` answers 200; an AssertionError with ``log()`` once ``timeout`` has
+    passed or ``proc`` has exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() >= deadline or (proc is not None and proc.poll() is not None):
+            raise AssertionError(f"server on {port} not ready; log:\n{log()}")
+        time.sleep(0.1)
 
 
 class ServerProcess:
@@ -42,16 +61,7 @@ class ServerProcess:
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server on {self.port} not ready; log:\n{self.log()}")
+        wait_ready(self.port, timeout, self.proc, self.log)
 
     def log(self) -> str:
         with open(self.log_path, errors="replace") as fh:

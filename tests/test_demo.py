@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 
 from harness import SECRET
-from processes import lurestream_env
+from processes import lurestream_env, wait_ready
 from sse_client import SSEClient
 
 from lurestream.config import config_from
@@ -146,16 +146,7 @@ def test_demo_takes_the_jwt_secret_from_the_environment_and_prints_a_second_serv
                 stderr=sink,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert second.poll() is None and time.monotonic() < deadline, f"second server not ready:\n{log.read_text()}"
-            time.sleep(0.2)
+        wait_ready(port, 30, second, log.read_text)
 
         attacker = f"/api/v1/attackers/{ATTACKERS[0]['_id']}/events"
         ours = mint_token(config_from({"jwt_secret": SECRET}), VIEWER_UUID)

@@ -26,12 +26,12 @@ def store(request, mongo_service, mongo, db_name, io_loop):
 
 @pytest.mark.gen_test
 async def test_users_and_revocations(store, mongo):
-    user = await store.get_user(VIEWER)
+    users = await store.look_up_users([VIEWER, "nobody"])
+    user = users[VIEWER]
     assert user["_id"] == VIEWER and user["role"] == "viewer"
-    assert await store.get_user("nobody") is None
+    assert "nobody" not in users
     mongo.revoked_tokens.insert_one({"_id": "j1", "expires_at": datetime.now(timezone.utc)})
-    assert await store.is_revoked("j1") is True
-    assert await store.is_revoked("j2") is False
+    assert await store.look_up_revoked(["j1", "j2"]) == {"j1"}
 
 
 @pytest.mark.gen_test

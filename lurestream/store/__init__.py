@@ -17,10 +17,6 @@ class StoreUnavailable(RuntimeError):
 class Store(Protocol):
     async def ping(self) -> None: ...
 
-    async def get_user(self, uuid: str) -> dict[str, Any] | None: ...
-
-    async def is_revoked(self, jti: str) -> bool: ...
-
     async def insert_ticket(
         self, ticket_hash: str, uuid: str, role: str, expires_at: datetime, credential: dict[str, Any] | None = None
     ) -> None:

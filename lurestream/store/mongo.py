@@ -126,17 +126,6 @@ class MongoStore:
         await self.client.admin.command("ping")
 
     @_quick
-    async def get_user(self, uuid: str) -> dict[str, Any] | None:
-        doc: dict[str, Any] | None = await self.db.users.find_one(
-            {"_id": uuid}, {"role": 1, "must_change_password": 1, "tokens_valid_from": 1}
-        )
-        return doc
-
-    @_quick
-    async def is_revoked(self, jti: str) -> bool:
-        return await self.db.revoked_tokens.find_one({"_id": jti}, {"_id": 1}) is not None
-
-    @_quick
     async def insert_ticket(
         self, ticket_hash: str, uuid: str, role: str, expires_at: datetime, credential: dict[str, Any] | None = None
     ) -> None:

@@ -61,6 +61,7 @@ from lurestream.config import config_from
 from lurestream.localservices import (
     LocalService,
     ServiceError,
+    mongo_uri,
     mongo_wire_server,
     nats_server_binary,
 )
@@ -502,7 +503,7 @@ class Cluster:
     def host_settings(self) -> dict[str, Any]:
         settings = dict(
             nats_url=self.nats.url,
-            mongo_uri=self.mongo.url + ("/" + self.mongo_options if self.mongo_options else ""),
+            mongo_uri=mongo_uri(self.mongo.url, self.mongo_options),
             mongo_db=self.db,
             jwt_secret=SECRET,
             jetstream=self.stream,
