@@ -7,13 +7,16 @@ Invariants:
   same ``(sequence, bytes)`` item is ``put_nowait`` into each matching stream's bounded queue. The hub
   never waits on a stream: a full queue ends that stream as lagging (``stats.lagging``), logged once.
 - With JetStream (``jetstream=<stream>``) the process consumes the stream with one ordered consumer
-  instead of the family subscriptions; frames then carry ``id: <stream sequence>``, ``position`` is
-  the last sequence dispatched, and ``resume`` replays a range for one reconnecting stream.
+  (``consumer.StreamConsumer``) instead of the family subscriptions; frames then carry
+  ``id: <epoch>-<stream sequence>`` (``eventids``), ``position`` is the last sequence dispatched in the
+  current ``epoch``, and ``resume`` replays a range for one reconnecting stream. A re-created stream
+  begins a new epoch: positions restart, the replay memory is emptied, and ``on_epoch`` hooks run.
 - Resumes are served from memory when they can: the hub keeps the last ``replay_max`` routed events
   (the same shared items) and, at start-up, first reads that many retained messages into this memory
   only — so a process that has just started (a rolling deploy) resumes the streams drained from the
   old ones without a JetStream read each. Older ids fall back to a bounded JetStream scan.
-- A malformed message is counted, logged (rate-limited) and skipped; it cannot harm a stream.
+- A malformed message — its body (``envelope``), a subject that is not UTF-8, or a frame that would not fit
+  one stream's byte bound — is counted, logged (rate-limited) and skipped; it cannot harm a stream.
 - Start-up never waits for NATS: if the first connect fails, a background task keeps trying.
 """
 
@@ -28,17 +31,16 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import nats
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
 
-from lurestream import jetstream, sse
+from lurestream import eventids, natsclient, sse
+from lurestream.consumer import StreamConsumer
 from lurestream.envelope import DEFAULT_MAX_BYTES, Envelope, MalformedMessage, decode_envelope
 from lurestream.metrics import Metrics
+from lurestream.natsclient import GuardedClient
 from lurestream.redact import redact
-from lurestream.replay import Item, Replayer, ReplayMemory, Resume
+from lurestream.replay import RESUME_OTHER_STREAM, Item, Replayer, ReplayMemory, Resume
 from lurestream.routing import SUBJECT_FAMILIES, Key, Route, route
 
 log = logging.getLogger("lurestream.hub")
@@ -70,14 +72,28 @@ class Subscriber(Protocol):
 
     keys: tuple[Key, ...]
     position: int | None
+    epoch: str
     serial: int
 
     def put_nowait(self, item: Item) -> bool: ...
 
 
-def _item(target: Route, env: Envelope, seq: int) -> Item:
+def _item(target: Route, env: Envelope, seq: int, epoch: str) -> Item:
     """The queue item of a routed event, encoded once: ``seq`` (0 without JetStream) becomes its ``id:``."""
-    return seq, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, seq or None), env.ts
+    event_id = eventids.format_id(epoch, seq) if seq else None
+    return seq, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, event_id), env.ts
+
+
+def _utf8(subject: str) -> bool:
+    """Whether a subject as the client decoded it was valid UTF-8 (``natsclient`` keeps bad bytes as
+    lone surrogates rather than failing)."""
+    if subject.isascii():
+        return True
+    try:
+        subject.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _RateLimitedLog:
@@ -116,14 +132,22 @@ class Hub:
         metrics: Metrics | None = None,
         max_message_bytes: int = DEFAULT_MAX_BYTES,
         replay_memory_bytes: int = 64 * 2**20,
+        max_frame_bytes: int = 2**20,
+        nats_options: Any = None,
     ) -> None:
+        """``max_frame_bytes``: an event whose frame is larger could never fit one stream's buffer
+        (``STREAM_BUFFER_BYTES``): it is malformed, not a reason to close every stream it reaches.
+        ``nats_options``: the config holding the NATS credentials (``natsclient.auth_options``)."""
         self.nats_url = nats_url
+        self.nats_options = nats_options
         self.max_message_bytes = max_message_bytes
+        self.max_frame_bytes = max_frame_bytes
         self.queue_max = queue_max
         self.jetstream = jetstream
         self.stream_config = stream_config  # creates the stream when it is missing
         self.replay_max = replay_max
         self.position: int | None = None  # last stream sequence dispatched (JetStream only)
+        self.epoch = ""  # the JetStream stream's identity (eventids), "" until known
         # how many routed events are kept for resumes: replay_max, or fewer if the stream keeps fewer
         self.memory = ReplayMemory(
             replay_max if replay_memory < 0 else min(replay_memory, replay_max), replay_memory_bytes
@@ -133,7 +157,8 @@ class Hub:
         self._live_from = 0  # the first sequence streams receive; earlier ones only fill the memory
         self._caught_up = asyncio.Event()
         self._js: JetStreamContext | None = None
-        self._consumer: JetStreamContext.PushSubscription | None = None
+        self.consumer: StreamConsumer | None = None
+        self._plain: list[Any] = []  # the family subscriptions, while JetStream is off or unusable
         # the connection name shows in NATS monitoring: which host and process holds it
         self.name = name or f"lurestream:{socket.gethostname()}:{os.getpid()}"
         self.reconnect_wait = reconnect_wait
@@ -145,7 +170,8 @@ class Hub:
         # told when the bus comes up (with its JetStream context, or None) and when it goes down or back
         self.on_connected: list[Callable[[JetStreamContext | None], Awaitable[None]]] = []
         self.on_bus_state: list[Callable[[bool], None]] = []
-        self._nc: NATS | None = None
+        self.on_epoch: list[Callable[[], None]] = []  # the stream was re-created: positions restarted
+        self._nc: GuardedClient | None = None
         self._connector: asyncio.Task[None] | None = None
         self._closing = False
         self._malformed_log = _RateLimitedLog()
@@ -155,6 +181,7 @@ class Hub:
     def register(self, stream: Subscriber) -> None:
         """Route the events of ``stream.keys`` to it from now on; it records where it registered."""
         stream.position = self.live_position
+        stream.epoch = self.epoch
         self.serial += 1
         stream.serial = self.serial
         for key in stream.keys:
@@ -196,6 +223,29 @@ class Hub:
             return None
         return max(self.position, self._live_from - 1)
 
+    def begin_epoch(self, epoch: str, start: int, live_from: int) -> None:
+        """Count the sequences of a stream (epoch ``epoch``) from ``start``: those before ``live_from``
+        only fill the replay memory (a process's start-up), the rest reach streams. A new epoch empties
+        the memory and tells ``on_epoch`` (open streams' positions refer to the old stream)."""
+        changed = bool(self.epoch) and epoch != self.epoch
+        self.epoch = epoch
+        self.position = start - 1
+        self.memory.start(start - 1)
+        self._live_from = live_from
+        if start >= live_from:
+            self._caught_up.set()
+        else:
+            self._caught_up.clear()
+        if changed:
+            for hook in self.on_epoch:
+                hook()
+
+    def end_epoch(self) -> None:
+        """JetStream cannot be used: live events without ids (every connect gets a snapshot)."""
+        self.position = None
+        self.memory.start(None)
+        self._live_from = 0
+
     @property
     def routing_keys(self) -> int:
         return len(self._routes)
@@ -222,27 +272,26 @@ class Hub:
             if seq + 1 >= self._live_from:
                 self._caught_up.set()
         try:
+            if not _utf8(subject):
+                raise MalformedMessage("subject is not UTF-8")
             env = decode_envelope(subject, data, max_bytes=self.max_message_bytes)
         except MalformedMessage as exc:
-            self.stats.malformed += 1
-            if metrics is not None:
-                metrics.bus_malformed.inc()
-            self._malformed_log.warning("skipping malformed message on %s: %s", subject, exc)
-            return 0
+            return self._malformed(subject, exc)
         target = route(subject, env.payload)
         subs = None if target is None else self._routes.get(target.key)
-        if seq and target is not None:
-            item = _item(target, env, seq)
-            self.memory.remember(seq, target.key, item)
-            if seq < self._live_from:
-                return 0
+        if target is not None and (seq or subs):
+            item = _item(target, env, seq, self.epoch)
+            if len(item[1]) > self.max_frame_bytes:  # SPEC §16: could never fit a stream's buffer
+                return self._malformed(subject, MalformedMessage(f"frame of {len(item[1])} bytes, over the bound"))
+            if seq:
+                self.memory.remember(seq, target.key, item)
+                if seq < self._live_from:
+                    return 0
         if not subs or target is None:
             self.stats.unrouted += 1
             if metrics is not None:
                 metrics.events_unrouted.inc()
             return 0
-        if not seq:
-            item = _item(target, env, 0)
         delivered = 0
         for sub in tuple(subs):  # a copy: a lagging stream unregisters itself while we iterate
             if sub.put_nowait(item):
@@ -255,26 +304,32 @@ class Hub:
                 self.on_delivered(env.ts)
         return delivered
 
+    def _malformed(self, subject: str, exc: MalformedMessage) -> int:
+        self.stats.malformed += 1
+        if self.metrics is not None:
+            self.metrics.bus_malformed.inc()
+        self._malformed_log.warning("skipping malformed message on %r: %s", subject[:128], exc)
+        return 0
+
     async def _message_cb(self, msg: Msg) -> None:
         self.dispatch(msg.subject, msg.data)
 
-    async def _stream_message_cb(self, msg: Msg) -> None:
-        try:
-            seq = int(msg.metadata.sequence.stream)
-        except Exception:  # not a JetStream delivery: nothing to stamp, nothing to resume from
-            seq = 0
-        self.dispatch(msg.subject, msg.data, seq)
-
     # -- resume (see replay.py) -------------------------------------------------------------------
-    async def resume(self, stream: Subscriber, last_event_id: str) -> Resume:
-        """The retained events after ``last_event_id`` up to where ``stream`` registered, for its keys."""
+    async def resume(self, stream: Subscriber, last_event_id: str, max_bytes: int = 0) -> Resume:
+        """The retained events after ``last_event_id`` up to where ``stream`` registered, for its keys
+        (at most ``max_bytes`` of frames: a longer replay is refused)."""
+        if stream.epoch != self.epoch:  # the stream was re-created while this one opened
+            return self.replayer.failed(RESUME_OTHER_STREAM)
         return await self.replayer.resume(
-            stream.position, stream.keys, last_event_id, self._js, self.jetstream, self._caught_up
+            stream.position,
+            stream.keys,
+            last_event_id,
+            self._js,
+            self.jetstream,
+            self._caught_up,
+            self.epoch,
+            max_bytes,
         )
-
-    def resume_refused(self, reason: str) -> Resume:
-        """Count a resume the caller gives up on (e.g. ``RESUME_TOO_BIG``) like the others."""
-        return self.replayer.failed(reason)
 
     def recent_between(self, after: int, until: int, keys: Iterable[Key]) -> list[Item] | None:
         return self.memory.between(after, until, keys)
@@ -287,7 +342,8 @@ class Hub:
         target = route(msg.subject, env.payload)
         if target is None or target.key not in wanted:
             return None
-        return _item(target, env, int(msg.metadata.sequence.stream))
+        item = _item(target, env, int(msg.metadata.sequence.stream), self.epoch)
+        return None if len(item[1]) > self.max_frame_bytes else item
 
     # -- the bus -------------------------------------------------------------------------------
     @property
@@ -297,6 +353,34 @@ class Hub:
         if self._nc is not None and self._nc.is_connected:
             return BUS_CONNECTED
         return BUS_DISCONNECTED
+
+    def problems(self) -> list[str]:
+        """What keeps the process from delivering every event now (readiness, SPEC §16); [] when none.
+
+        ``bus``: disconnected, or connected with nats.py's read loop gone (it would receive nothing);
+        ``events``: the JetStream stream missing or unusable, or the consumer silent (``consumer``).
+        """
+        if not self.nats_url:
+            return []
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            return ["bus"]
+        if not nc.read_loop_alive:
+            return ["bus (read loop down)"]
+        if self.jetstream and self.consumer is not None and self.consumer.problem:
+            return [f"events ({self.consumer.problem})"]
+        if self.jetstream and self.consumer is None:
+            return ["events (jetstream not started)"]
+        return []
+
+    @property
+    def events_state(self) -> str:
+        """``/readyz``'s ``events``: ``ok``, ``off`` (no JetStream: no ids), or what is wrong with the stream."""
+        if not self.jetstream or not self.nats_url:
+            return "off"
+        if self.consumer is None:
+            return "not started"
+        return self.consumer.problem or "ok"
 
     async def start(self) -> None:
         """Begin connecting in the background; returns at once (serving never waits for the bus)."""
@@ -311,13 +395,13 @@ class Hub:
         return self.state == BUS_CONNECTED
 
     async def _connect_loop(self) -> None:
-        servers = [u.strip() for u in self.nats_url.split(",") if u.strip()]
         attempt = 0
         while not self._closing:
             try:
-                nc = await nats.connect(
-                    servers=servers,
-                    name=self.name,
+                nc = await natsclient.connect(
+                    self.nats_url,
+                    self.name,
+                    self.nats_options,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=self.reconnect_wait,
@@ -335,81 +419,65 @@ class Hub:
                 )
                 await asyncio.sleep(min(self.reconnect_wait * attempt, 5.0))
                 continue
+            if self.metrics is not None:
+                nc.on_skipped = lambda _what: self.metrics.bus_malformed.inc() if self.metrics else None
             url = nc.connected_url
             where = f"{url.hostname}:{url.port}" if url is not None else redact(self.nats_url)
-            if not (self.jetstream and await self._consume_stream(nc)):
-                for subject in SUBJECT_FAMILIES:
-                    await nc.subscribe(subject, cb=self._message_cb)
-                log.info("NATS connected to %s as %r; subscribed to %s", where, self.name, ", ".join(SUBJECT_FAMILIES))
-            else:
+            consumer = StreamConsumer(self, self.jetstream, self.stream_config) if self.jetstream else None
+            self.consumer = consumer
+            if consumer is not None:
+                consumer.on_open = self._consumer_opened
+            if consumer is not None and await consumer.start(nc):
+                self._js = consumer.js
                 log.info(
-                    "NATS connected to %s as %r; consuming JetStream stream %s, live from sequence %d "
+                    "NATS connected to %s as %r; consuming JetStream stream %s (epoch %s), live from sequence %d "
                     "(%d earlier messages read for resumes)",
                     where,
                     self.name,
                     self.jetstream,
+                    self.epoch,
                     self._live_from,
                     self._live_from - 1 - (self.position or 0),
                 )
+            else:  # no JetStream (or not yet: the consumer keeps trying): live events without ids
+                self.end_epoch()
+                self._plain = [await nc.subscribe(subject, cb=self._message_cb) for subject in SUBJECT_FAMILIES]
+                log.info("NATS connected to %s as %r; subscribed to %s", where, self.name, ", ".join(SUBJECT_FAMILIES))
             self._nc = nc
             self._set_connected(True)
             for hook in self.on_connected:
                 await hook(self._js)
+            await self._watch_read_loop(nc)
             return
+
+    async def _watch_read_loop(self, nc: GuardedClient) -> None:
+        """Once a second: a connection whose read loop has died is reconnected (SPEC §16). Readiness says
+        so meanwhile (``problems``)."""
+        while not self._closing:
+            await asyncio.sleep(1.0)
+            if nc.is_connected and not nc.read_loop_alive:
+                await nc.recover()
+
+    async def _consumer_opened(self) -> None:
+        """JetStream became usable after the bus came up without it: events now come with ids, from the
+        consumer alone (the plain subscriptions would deliver each event a second time)."""
+        plain, self._plain = self._plain, []
+        for sub in plain:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:
+                log.debug("unsubscribing %s: %s", sub.subject, exc)
+        assert self.consumer is not None
+        self._js = self.consumer.js
+        log.info("JetStream stream %s usable: events carry ids again (epoch %s)", self.jetstream, self.epoch)
+        for hook in self.on_connected:
+            await hook(self._js)
 
     def _set_connected(self, up: bool) -> None:
         if self.metrics is not None:
             self.metrics.bus_connected.set(1 if up else 0)
         for hook in self.on_bus_state:
             hook(up)
-
-    async def _consume_stream(self, nc: NATS) -> bool:
-        """One ordered consumer over the stream, from just after its last message; False on failure
-        (the hub then falls back to plain subscriptions: live events without ids or resume)."""
-        js = nc.jetstream()
-        try:
-            try:
-                state = await jetstream.stream_state(js, self.jetstream)
-            except NotFoundError:
-                if self.stream_config is None:
-                    raise
-                await js.add_stream(self.stream_config)
-                log.info("created JetStream stream %s over %s", self.jetstream, ", ".join(SUBJECT_FAMILIES))
-                state = await jetstream.stream_state(js, self.jetstream)
-            if state.max_msgs > 0:
-                self.memory.max_events = min(self.memory.max_events, state.max_msgs)
-            # Start up to that many messages back: those only fill the replay memory (see dispatch).
-            start = max(state.first_seq, state.last_seq - self.memory.max_events + 1, 1)
-            self.position = start - 1
-            self.memory.start(start - 1)
-            self._live_from = state.last_seq + 1
-            if start > state.last_seq:
-                self._caught_up.set()
-            self._consumer = await js.subscribe(
-                "",
-                stream=self.jetstream,
-                cb=self._stream_message_cb,
-                ordered_consumer=True,
-                idle_heartbeat=1.0,  # a consumer lost with a NATS restart is re-created within ~2 s
-                config=api.ConsumerConfig(
-                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                    opt_start_seq=start,
-                    filter_subjects=list(SUBJECT_FAMILIES),
-                ),
-            )
-        except Exception as exc:
-            self.position = None
-            self.memory.start(None)
-            self._live_from = 0
-            log.error(
-                "JetStream stream %r unusable (%s): serving live events without ids or resume; "
-                "run `lurestream init-nats` and restart",
-                self.jetstream,
-                exc,
-            )
-            return False
-        self._js = js
-        return True
 
     async def _error_cb(self, exc: Exception) -> None:
         self._bus_log.warning("NATS error: %s", exc)
@@ -422,6 +490,8 @@ class Hub:
     async def _reconnected_cb(self) -> None:
         self.stats.reconnects += 1
         self._set_connected(True)
+        if self.consumer is not None:
+            self.consumer.check_soon()  # JetStream may need a few seconds more than the connection
         log.info("NATS reconnected; subscriptions restored")
 
     async def close(self) -> None:
@@ -430,12 +500,9 @@ class Hub:
         if self._connector is not None:
             self._connector.cancel()
             await asyncio.gather(self._connector, return_exceptions=True)
-        if self._consumer is not None:
-            try:  # cancels nats.py's heartbeat and flow-control tasks of the ordered consumer
-                await self._consumer.unsubscribe()
-            except Exception as exc:
-                log.debug("error closing the JetStream consumer: %s", exc)
-            self._consumer = None
+        if self.consumer is not None:
+            await self.consumer.close()
+            self.consumer = None
         if self._nc is not None:
             try:
                 await self._nc.close()

@@ -5,8 +5,9 @@ Three uses, all through nats.py's public JetStream API:
   updates the stream over the four subject families with bounded retention;
 - the hub consumes it with one ordered consumer per process, starting just after the stream's last
   sequence, so its frames carry ``id: <stream sequence>``;
-- ``scan`` reads a bounded range of retained messages for one resume through a short-lived pull
-  consumer (no acks, in memory, removed by the server once idle), in batches.
+- ``Scan`` reads a bounded range of retained messages for one resume through a short-lived pull
+  consumer (no acks, in memory, removed by the server once idle), in batches, and says afterwards
+  whether it saw the whole range (a timeout or a cut consumer is never taken for the end).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
+from lurestream import natsclient
 from lurestream.config import Config
+from lurestream.eventids import stream_epoch
 from lurestream.routing import SUBJECT_FAMILIES
 
 log = logging.getLogger("lurestream.jetstream")
@@ -37,6 +39,7 @@ class StreamState:
     first_seq: int
     last_seq: int
     max_msgs: int = -1  # the stream's count bound (-1: none)
+    epoch: str = ""  # the stream's identity: changes when it is deleted and re-created (eventids)
 
 
 def stream_config(config: Config) -> api.StreamConfig:
@@ -56,17 +59,17 @@ def stream_config(config: Config) -> api.StreamConfig:
     )
 
 
-async def connect_once(url: str, name: str, timeout: float = 5.0) -> NATS:
+async def connect_once(url: str, name: str, timeout: float = 5.0, config: Config | None = None) -> NATS:
     """A NATS connection for a one-shot command: fails within ``timeout`` instead of retrying
-    (nats.py keeps retrying an unreachable server on its own, logging each attempt)."""
+    (nats.py keeps retrying an unreachable server on its own, logging each attempt); with ``config``'s
+    NATS credentials."""
 
     async def quiet(exc: Exception) -> None:
         log.debug("NATS: %s", exc)
 
-    servers = [u.strip() for u in url.split(",") if u.strip()]
     try:
         return await asyncio.wait_for(
-            nats.connect(servers=servers, name=name, connect_timeout=timeout, error_cb=quiet, max_reconnect_attempts=1),
+            natsclient.connect(url, name, config, connect_timeout=timeout, error_cb=quiet, max_reconnect_attempts=1),
             timeout,
         )
     except asyncio.TimeoutError:
@@ -87,43 +90,67 @@ async def stream_state(js: JetStreamContext, name: str) -> StreamState:
     info = await js.stream_info(name)
     state = info.state
     max_msgs = info.config.max_msgs if info.config.max_msgs is not None else -1
-    return StreamState(first_seq=int(state.first_seq), last_seq=int(state.last_seq), max_msgs=int(max_msgs))
-
-
-async def scan(js: JetStreamContext, name: str, first: int, last: int, timeout: float = 5.0) -> AsyncIterator[Msg]:
-    """Yield the retained messages with ``first <= sequence <= last``, in order.
-
-    Stops early when the stream holds nothing further (a message may have been removed meanwhile).
-    """
-    if last < first:
-        return
-    consumer = api.ConsumerConfig(
-        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=first,
-        ack_policy=api.AckPolicy.NONE,
-        filter_subjects=list(SUBJECT_FAMILIES),
-        inactive_threshold=10.0,
-        mem_storage=True,
-        num_replicas=1,
+    return StreamState(
+        first_seq=int(state.first_seq),
+        last_seq=int(state.last_seq),
+        max_msgs=int(max_msgs),
+        epoch=stream_epoch(name, info.created),
     )
-    psub = await js.pull_subscribe("", stream=name, config=consumer)
-    try:
-        while True:
-            try:
-                msgs = await psub.fetch(min(SCAN_BATCH, last - first + 1), timeout=timeout)
-            except asyncio.TimeoutError:
-                return
-            for msg in msgs:
-                meta = msg.metadata
-                seq = int(meta.sequence.stream)
-                if seq > last:
-                    return
-                yield msg
-                if seq == last or not meta.num_pending:
-                    return
-                first = seq + 1
-    finally:
+
+
+class Scan:
+    """The retained messages with ``first <= sequence <= last``, in order (``async for``); afterwards
+    :attr:`complete` says whether the range was seen to its end.
+
+    Complete means: the message at ``last`` (or past it) arrived, or the server said nothing further is
+    pending for our subjects (the rest of the range holds none of them). A fetch that times out — a
+    stalled server, a consumer cut as slow — leaves it incomplete, whatever came before.
+    """
+
+    def __init__(self, js: JetStreamContext, name: str, first: int, last: int, timeout: float = 5.0) -> None:
+        self.js = js
+        self.name = name
+        self.first = first
+        self.last = last
+        self.timeout = timeout
+        self.complete = last < first
+        self.reached = first - 1  # the greatest sequence seen
+
+    def __aiter__(self) -> AsyncIterator[Msg]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[Msg]:
+        if self.complete:
+            return
+        consumer = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.first,
+            ack_policy=api.AckPolicy.NONE,
+            filter_subjects=list(SUBJECT_FAMILIES),
+            inactive_threshold=10.0,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        psub = await self.js.pull_subscribe("", stream=self.name, config=consumer)
         try:
-            await psub.unsubscribe()
-        except Exception as exc:  # the server drops the idle consumer by itself anyway
-            log.debug("scan consumer unsubscribe failed: %s", exc)
+            while True:
+                try:
+                    msgs = await psub.fetch(min(SCAN_BATCH, self.last - self.reached), timeout=self.timeout)
+                except asyncio.TimeoutError:
+                    return  # incomplete: never taken for the end of the range
+                for msg in msgs:
+                    meta = msg.metadata
+                    seq = int(meta.sequence.stream)
+                    if seq > self.last:
+                        self.complete = True
+                        return
+                    self.reached = seq
+                    yield msg
+                    if seq == self.last or not meta.num_pending:
+                        self.complete = True
+                        return
+        finally:
+            try:
+                await psub.unsubscribe()
+            except Exception as exc:  # the server drops the idle consumer by itself anyway
+                log.debug("scan consumer unsubscribe failed: %s", exc)

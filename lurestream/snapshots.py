@@ -29,6 +29,7 @@ class _Read:
     future: asyncio.Future[dict[str, Any]]
     serial: int  # the hub's registration counter when the read began
     position: int | None  # the hub's live position when the read began
+    epoch: str  # the stream that position belongs to (a re-created stream's positions start again)
 
 
 @dataclass
@@ -54,12 +55,12 @@ class SnapshotReads:
         if shared is not None:
             if shared.serial >= sub.serial:
                 return Snapshot(dict(await asyncio.shield(shared.future)), sub.position, [])
-            if shared.position is not None and sub.position is not None:
+            if shared.position is not None and sub.position is not None and shared.epoch == sub.epoch:
                 gap = self.hub.recent_between(shared.position, sub.position, sub.keys)
                 # a gap counts against the stream's byte bound like a replay (SPEC §11): past it, read anew
                 if gap is not None and sum(len(frame) for _, frame, _ in gap) <= self.max_gap_bytes:
                     return Snapshot(dict(await asyncio.shield(shared.future)), shared.position, gap)
-        read = _Read(asyncio.ensure_future(load()), self.hub.serial, self.hub.live_position)
+        read = _Read(asyncio.ensure_future(load()), self.hub.serial, self.hub.live_position, self.hub.epoch)
         self.queries += 1  # snapshot reads started (each may share a store query with others: batching.py)
         self._reads[key] = read
         read.future.add_done_callback(lambda f: self._finished(key, read))

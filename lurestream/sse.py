@@ -81,9 +81,9 @@ _LINE_BREAKS_BEYOND_LF = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028
 
 
 def encode_event(
-    event: str, topic: str, type_: str, ts: float, payload: dict[str, Any], seq: int | None = None
+    event: str, topic: str, type_: str, ts: float, payload: dict[str, Any], event_id: str | None = None
 ) -> bytes:
-    """The frame of a live bus event (SPEC §2.3); ``seq`` (JetStream) becomes its ``id:``.
+    """The frame of a live bus event (SPEC §2.3); ``event_id`` (JetStream, ``eventids``) becomes its ``id:``.
 
     The hot path of every bus message, encoded by orjson (~10× the standard library): one line of UTF-8
     (it escapes every control character, so no CR or LF can break the frame), built directly. NEL, LS and
@@ -102,7 +102,11 @@ def encode_event(
         for raw, escaped in _LINE_BREAKS_BEYOND_LF:
             if raw in data:  # only inside strings: JSON's own syntax is ASCII
                 data = data.replace(raw, escaped)
-    head = f"event: {_field(event)}\ndata: " if seq is None else f"id: {seq}\nevent: {_field(event)}\ndata: "
+    head = (
+        f"event: {_field(event)}\ndata: "
+        if event_id is None
+        else f"id: {_field(event_id)}\nevent: {_field(event)}\ndata: "
+    )
     return b"".join((head.encode(), data, b"\n\n"))
 
 
@@ -116,7 +120,7 @@ def retry_frame(milliseconds: int) -> bytes:
     return f"retry: {int(milliseconds)}\n\n".encode("ascii")
 
 
-def keepalive_frame(position: int | None) -> bytes:
-    """The idle comment; with JetStream it also carries ``id: <position>`` so a quiet stream's
+def keepalive_frame(event_id: str | None) -> bytes:
+    """The idle comment; with JetStream it also carries the id of the stream position so a quiet stream's
     EventSource advances its Last-Event-ID (an id-only frame updates it without dispatching)."""
-    return KEEPALIVE if position is None else f": keepalive\nid: {position}\n\n".encode("ascii")
+    return KEEPALIVE if event_id is None else f": keepalive\nid: {_field(event_id)}\n\n".encode("ascii")

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lurestream import sse
+from lurestream import eventids, sse
 from lurestream.routing import Key
 
 log = logging.getLogger("lurestream.writer")
@@ -60,6 +60,7 @@ class LiveStream:
         "fd",
         "keys",
         "position",
+        "epoch",
         "serial",
         "user",
         "kind",
@@ -92,6 +93,7 @@ class LiveStream:
         self.fd = sock.fileno()
         self.keys = keys
         self.position: int | None = None  # the hub's stream sequence when this stream registered
+        self.epoch = ""  # the JetStream stream (eventids) that position belongs to
         self.serial = 0  # the hub's registration counter when it registered (see snapshots.py)
         self.user = user
         self.kind = kind
@@ -456,6 +458,21 @@ class LiveWriter:
         for stream in list(self.streams):
             self.drain(stream)
 
+    def epoch_changed(self) -> None:
+        """The JetStream stream was re-created: sequences restart, so a live stream's duplicate floor
+        (from a resume of the old stream) would swallow new events — reset it; a stream still opening
+        read its snapshot or replay against the old stream — send it to reconnect (its old id then gets
+        the ``"resumed": false`` snapshot)."""
+        epoch = self.hub.epoch
+        for stream in list(self.streams):
+            if stream.closing:
+                continue
+            if stream.live:
+                stream.floor = 0
+                stream.epoch = epoch
+            else:
+                self.drain(stream)
+
     def hub_unregister(self, stream: LiveStream) -> None:
         self.hub.unregister(stream)
 
@@ -511,7 +528,7 @@ class LiveWriter:
             if stream.closing or stream.frames or stream.last_sent > keepalive_before:
                 continue
             if stream.live and position is not None:
-                frame = sse.keepalive_frame(max(position, stream.floor))
+                frame = sse.keepalive_frame(eventids.format_id(self.hub.epoch, max(position, stream.floor)))
             else:
                 frame = sse.KEEPALIVE
             stream.frames.append(frame)

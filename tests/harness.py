@@ -14,6 +14,7 @@ from sse_client import SSEClient
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from lurestream.config import config_from
+from lurestream.eventids import format_id
 from lurestream.server import Services, make_app
 from lurestream.tokens import mint_token
 
@@ -59,6 +60,7 @@ class Probe:
     def __init__(self, hub: Any, keys: list[tuple[str, str]]) -> None:
         self.keys = tuple(keys)
         self.position: int | None = None
+        self.epoch = ""
         self.serial = 0
         self.items: list[tuple[int, bytes, float]] = []
         hub.register(self)
@@ -153,6 +155,10 @@ class Harness:
         ack = await (await self.bus()).jetstream().publish(subject, envelope(subject, payload, **kw))
         await self.wait_for(lambda: (self.hub.position or 0) >= ack.seq, what=f"hub to dispatch seq {ack.seq}")
         return int(ack.seq)
+
+    def event_id(self, seq: int) -> str:
+        """The id a frame carries for stream sequence ``seq`` of the hub's current stream (``eventids``)."""
+        return format_id(self.hub.epoch, seq)
 
     async def aclose(self) -> None:
         if self._nc is not None:

@@ -19,6 +19,7 @@ from browser import needs_chromium, publish, publish_stored, wait
 from harness import ATTACKER_A, ATTACKER_B, SECRET, VIEWER
 
 from lurestream.config import config_from
+from lurestream.eventids import sequence_of
 from lurestream.tokens import mint_token
 
 pytestmark = needs_chromium
@@ -105,7 +106,7 @@ def test_native_eventsource_on_a_session_resumes_by_itself_across_a_restart_and_
     browser.execute_script(OPEN_EVENTSOURCE, STREAM)
     wait(browser, lambda d: any(s["type"] == "snapshot" for s in _seen(d)), "the snapshot", state=_state)
     (snapshot,) = _seen(browser)
-    assert snapshot["id"].isdigit(), "JetStream is on: the snapshot carries the stream position"
+    assert sequence_of(snapshot["id"]) is not None, "JetStream is on: the snapshot carries the stream position"
 
     before = publish_stored(nats_service.url, _events(range(0, 3)))
     wait(browser, lambda d: len(_observations(_seen(d))) == 3, "3 live events", state=_state)
@@ -122,14 +123,15 @@ def test_native_eventsource_on_a_session_resumes_by_itself_across_a_restart_and_
     wait(browser, lambda d: len(_observations(_seen(d), mark)) >= 10, "the 10 missed events", 45, _state)
     seen = _seen(browser)
     assert [s["type"] for s in seen[mark:]][:1] == ["resumed"], seen[mark:]
-    assert json.loads(seen[mark]["data"]) == {"last_event_id": str(before[-1]), "replayed": 10}
+    resumed = json.loads(seen[mark]["data"])
+    assert resumed["replayed"] == 10 and sequence_of(resumed["last_event_id"]) == before[-1], resumed
     replayed = _observations(seen, mark)
-    assert [int(s["id"]) for s in replayed] == down, "exactly the events published while it was down"
+    assert [sequence_of(s["id"]) for s in replayed] == down, "exactly the events published while it was down"
     after = publish_stored(nats_service.url, _events(range(13, 16)))
     wait(browser, lambda d: len(_observations(_seen(d))) == 16, "3 more live events", state=_state)
 
     observations = _observations(_seen(browser))
-    ids = [int(s["id"]) for s in observations]
+    ids = [sequence_of(s["id"]) for s in observations]
     assert ids == before + down + after and ids == sorted(set(ids)), "ids increase, no duplicate, no gap"
     assert [json.loads(s["data"])["payload"]["n"] for s in observations] == list(range(16))
     assert browser.execute_script("return window.opens") == 2, "one EventSource, one reconnect that succeeded"

@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 from harness import ATTACKER_A, ATTACKER_B, standalone
 
+from lurestream.eventids import sequence_of
 from lurestream.localservices import free_port, nats_server
 from lurestream.routing import SUBJECT_FAMILIES
 
@@ -63,7 +64,13 @@ async def test_one_ordered_consumer_per_process_with_jetstream(ls, nats_service)
 async def test_bus_disabled_streams_snapshot_then_keepalives_and_ready(ls):
     response = await ls.fetch("GET", "/readyz")
     assert response.code == 200
-    assert json.loads(response.body) == {"store": "ok", "bus": "disabled", "cap": "local", "status": "ready"}
+    assert json.loads(response.body) == {
+        "store": "ok",
+        "bus": "disabled",
+        "events": "off",
+        "cap": "local",
+        "status": "ready",
+    }
     client = await ls.open(f"/api/v1/attackers/{A}/events", token=ls.token())
     await client.start_stream()
 
@@ -133,7 +140,7 @@ async def test_forwarding_resumes_after_nats_restart(tmp_path, io_loop, mongo, m
                     assert asyncio.get_running_loop().time() < deadline, "no event after the restart"
             assert frame.json()["payload"]["n"] == "after"
             if jetstream:
-                assert int(frame.id) > int(before.id), (before.id, frame.id)
+                assert sequence_of(frame.id) > sequence_of(before.id), (before.id, frame.id)
             assert hub.stats.reconnects >= 1
             assert hub.subscription_count == 1, "the open stream kept its registration"
     finally:

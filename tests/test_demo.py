@@ -18,6 +18,7 @@ from sse_client import SSEClient
 
 from lurestream.config import config_from
 from lurestream.demo import ATTACKERS, VIEWER_UUID
+from lurestream.eventids import sequence_of
 from lurestream.tokens import mint_token
 
 
@@ -64,11 +65,11 @@ def test_demo_serves_live_events_and_ctrl_c_stops_everything():
             try:
                 snapshot = await client.start_stream()
                 assert snapshot.json()
-                assert snapshot.id is not None and snapshot.id.isdigit(), "the demo runs with JetStream: ids"
+                assert sequence_of(snapshot.id) is not None, "the demo runs with JetStream: ids"
                 events = []
                 while len(events) < 2:
                     frame = await client.next_event(20)
-                    assert frame.id is not None and int(frame.id) > int(snapshot.id)
+                    assert (sequence_of(frame.id) or 0) > (sequence_of(snapshot.id) or 0)
                     events.append(frame.event)
                 return events
             finally:
@@ -153,7 +154,8 @@ def test_demo_takes_the_jwt_secret_from_the_environment_and_prints_a_second_serv
         on_second = asyncio.run(_two_events(port, f"{attacker}?token={demo_token}"))
         on_demo = asyncio.run(_two_events(demo_port, f"{attacker}?token={ours}"))
         for ids in (on_second, on_demo):  # the demo's publisher reaches both, with JetStream ids
-            assert all(i is not None and i.isdigit() for i in ids) and int(ids[2]) > int(ids[1]) > int(ids[0]), ids
+            seqs = [sequence_of(i) for i in ids]
+            assert None not in seqs and seqs[2] > seqs[1] > seqs[0], ids
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0, log.read_text()
         demo.send_signal(signal.SIGINT)

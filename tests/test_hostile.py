@@ -72,7 +72,7 @@ def test_values_a_fast_parser_would_change_are_forwarded_exactly(value):
     body = json.dumps({"ts": 1, "payload": {"attacker_uuid": "a", "v": value}}).encode()
     env = decode_envelope("attacker.observation.x", body)
     assert env.payload["v"] == value and type(env.payload["v"]) is type(value)
-    frame = sse.encode_event("observation", env.topic, env.type, env.ts, env.payload, 7)
+    frame = sse.encode_event("observation", env.topic, env.type, env.ts, env.payload, "abcdefgh-7")
     data = frame.decode("utf-8").split("\ndata: ", 1)[1].removesuffix("\n\n")
     assert len(data.splitlines()) == 1, "one line under any line splitter, not only SSE's"
     assert json.loads(data)["payload"]["v"] == value

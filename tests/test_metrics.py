@@ -76,7 +76,9 @@ async def test_metrics_parse_and_move_with_traffic(ls):
 @pytest.mark.lurestream(jetstream=True)
 async def test_resume_outcomes_are_counted(ls):
     seq = await ls.publish_stored("attacker.scored", {"attacker_uuid": A})
-    resumed = await ls.open(f"/api/v1/attackers/{A}/events", token=ls.token(), headers={"Last-Event-ID": str(seq)})
+    resumed = await ls.open(
+        f"/api/v1/attackers/{A}/events", token=ls.token(), headers={"Last-Event-ID": ls.event_id(seq)}
+    )
     assert (await resumed.next_event()).event == "resumed"
     rebuilt = await ls.open(f"/api/v1/attackers/{A}/events", token=ls.token(), headers={"Last-Event-ID": "x"})
     assert (await rebuilt.next_event()).event == "snapshot"

@@ -14,7 +14,13 @@ async def test_healthz_and_readyz(ls):
     assert response.code == 200 and json.loads(response.body) == {"status": "ok"}
     response = await ls.fetch("GET", "/readyz")
     assert response.code == 200
-    assert json.loads(response.body) == {"store": "ok", "bus": "connected", "cap": "local", "status": "ready"}
+    assert json.loads(response.body) == {
+        "store": "ok",
+        "bus": "connected",
+        "events": "off",
+        "cap": "local",
+        "status": "ready",
+    }
 
 
 @pytest.mark.gen_test

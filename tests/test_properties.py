@@ -129,11 +129,11 @@ def test_a_bus_message_becomes_a_strict_frame_or_is_malformed(subject: str, body
     target = route(subject, env.payload)  # never raises
     if target is None:
         return
-    frame = sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, seq or None)
+    frame = sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, f"e-{seq}" if seq else None)
     fields = strict_sse(frame)
     assert fields["event"] == target.event.replace("\r", "").replace("\n", "")
     if seq:
-        assert fields["id"] == str(seq)
+        assert fields["id"] == f"e-{seq}"
     back = strict_json(fields["data"])
     assert back == {"topic": subject, "type": env.type, "ts": env.ts, "payload": env.payload}
 

@@ -10,6 +10,8 @@ import pytest
 from harness import ATTACKER_A, ATTACKER_B, VIEWER, Probe
 from sse_client import SSEClient
 
+from lurestream.eventids import format_id, sequence_of
+
 A = ATTACKER_A["_id"]
 B = ATTACKER_B["_id"]
 PATH_A = f"/api/v1/attackers/{A}/events"
@@ -43,11 +45,11 @@ async def _resume(ls, last_id: str, how: str) -> SSEClient:
 async def test_snapshot_carries_the_position_and_events_carry_stream_sequences(ls):
     before = await ls.publish_stored(SUBJECT, _payload(A, 0))
     client = await ls.attacker(A)
-    assert client.snapshot.id == str(before), "the snapshot's id is the stream position at registration"
+    assert client.snapshot.id == ls.event_id(before), "the snapshot's id is the stream position at registration"
     assert "resumed" not in client.snapshot.json(), "a fresh connect is not a resume"
     seq = await ls.publish_stored(SUBJECT, _payload(A, 1))
     event = await client.next_event()
-    assert event.id == str(seq) and event.json()["payload"]["n"] == 1
+    assert event.id == ls.event_id(seq) and event.json()["payload"]["n"] == 1
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -71,10 +73,10 @@ async def test_resume_replays_exactly_the_missed_events_then_live(ls, how):
     assert resumed.json() == {"last_event_id": last_id, "replayed": 5}
     replay = await _events(again, 5)
     assert _ns(replay) == [1, 2, 3, 4, 5], "exactly the missed events, in order"
-    assert [int(f.id) for f in replay] == missed
+    assert [sequence_of(f.id) for f in replay] == missed
     live = await ls.publish_stored(SUBJECT, _payload(A, 6))
     (event,) = await _events(again, 1)
-    assert event.json()["payload"]["n"] == 6 and event.id == str(live)
+    assert event.json()["payload"]["n"] == 6 and event.id == ls.event_id(live)
     await again.expect_silence(0.3)  # no duplicate of anything replayed
     assert ls.hub.stats.resumed == 1 and ls.hub.stats.replayed == 5
 
@@ -86,7 +88,7 @@ async def test_resume_with_nothing_missed_replays_nothing(ls):
     seq = await ls.publish_stored(SUBJECT, _payload(A, 1))
     await client.next_event()
     client.close()
-    again = await _resume(ls, str(seq), "header")
+    again = await _resume(ls, ls.event_id(seq), "header")
     resumed = await again.next_event()
     assert resumed.event == "resumed" and resumed.json()["replayed"] == 0
     await ls.publish_stored(SUBJECT, _payload(A, 2))
@@ -166,14 +168,17 @@ async def _expect_rebuild(client: SSEClient) -> dict:
 
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.lurestream(jetstream=True)
-@pytest.mark.parametrize("last_id", ["abc", "-1", "12x", "1e3", "99999999999"])
+@pytest.mark.parametrize(
+    "last_id", ["abc", "-1", "12x", "1e3", "7", "{epoch}-99999999999", "{epoch}-1e3", "abcdefgh-1", "{epoch}--1"]
+)
 async def test_unusable_id_gives_a_snapshot_marked_not_resumed(ls, last_id):
+    """Not an id, a bare sequence (no stream epoch: whose stream?), ahead of the stream, another stream's."""
     await ls.publish_stored(SUBJECT, _payload(A, 0))
-    client = await _resume(ls, last_id, "header")
+    client = await _resume(ls, last_id.format(epoch=ls.hub.epoch), "header")
     await _expect_rebuild(client)
     seq = await ls.publish_stored(SUBJECT, _payload(A, 1))
     event = await client.next_event()
-    assert event.id == str(seq), "then live events as usual"
+    assert event.id == ls.event_id(seq), "then live events as usual"
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -182,7 +187,7 @@ async def test_id_older_than_the_retained_messages_gives_a_snapshot(ls):
     first = await ls.publish_stored(SUBJECT, _payload(A, 0))
     for n in range(1, 12):
         await ls.publish_stored(SUBJECT, _payload(A, n))
-    client = await _resume(ls, str(first), "query")
+    client = await _resume(ls, ls.event_id(first), "query")
     await _expect_rebuild(client)
     assert ls.hub.stats.resume_failed == {"not_retained": 1}
 
@@ -193,7 +198,7 @@ async def test_gap_beyond_replay_max_gives_a_snapshot(ls):
     first = await ls.publish_stored(SUBJECT, _payload(A, 0))
     for n in range(1, 6):
         await ls.publish_stored(SUBJECT, _payload(B, n))
-    client = await _resume(ls, str(first), "header")
+    client = await _resume(ls, ls.event_id(first), "header")
     await _expect_rebuild(client)
     assert ls.hub.stats.resume_failed == {"beyond_replay_max": 1}
 
@@ -214,9 +219,9 @@ async def test_idle_keepalive_advances_the_last_event_id(ls):
     client = await ls.attacker(A)
     seq = await ls.publish_stored(SUBJECT, _payload(B, 1))  # not for this stream, but moves the position
     frame = await client.next_frame(3)
-    while frame.id != str(seq):  # an earlier keepalive may still carry the previous position
+    while frame.id != ls.event_id(seq):  # an earlier keepalive may still carry the previous position
         frame = await client.next_frame(3)
-    assert frame.is_keepalive and frame.id == str(seq), frame
+    assert frame.is_keepalive and frame.id == ls.event_id(seq), frame
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -226,14 +231,14 @@ async def test_client_ahead_of_this_process_gets_no_duplicate_when_it_catches_up
     with nothing to replay, and drops the live events the client already has when they arrive."""
     seqs = [await ls.publish_stored(SUBJECT, _payload(A, n)) for n in (1, 2, 3)]
     ls.hub.position = seqs[0]  # as if this process had only dispatched the first of them so far
-    client = await _resume(ls, str(seqs[2]), "header")
+    client = await _resume(ls, ls.event_id(seqs[2]), "header")
     resumed = await client.next_event()
-    assert resumed.event == "resumed" and resumed.json() == {"last_event_id": str(seqs[2]), "replayed": 0}
+    assert resumed.event == "resumed" and resumed.json() == {"last_event_id": ls.event_id(seqs[2]), "replayed": 0}
     for n, seq in ((2, seqs[1]), (3, seqs[2])):  # ...and now they reach it live
         ls.hub.dispatch(SUBJECT, json.dumps({"payload": _payload(A, n)}).encode(), seq)
     later = await ls.publish_stored(SUBJECT, _payload(A, 4))
     event = await client.next_event()
-    assert _ns([event]) == [4] and event.id == str(later), "events the client already had are not sent again"
+    assert _ns([event]) == [4] and event.id == ls.event_id(later), "events the client already had are not sent again"
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -272,7 +277,7 @@ async def test_a_new_process_reads_recent_history_into_memory_without_sending_it
         assert opened.pending == 0, "history is not sent live"
         fresh = Probe(late, [("attacker", A)])
         assert fresh.position == seqs[-1]
-        outcome = await late.resume(fresh, str(seqs[1]))
+        outcome = await late.resume(fresh, format_id(late.epoch, seqs[1]))
         assert outcome.failed is None and [seq for seq, _, _ in outcome.items] == seqs[2:]
         assert late.stats.resumed_from_stream == 0, "served from memory"
         live = await ls.publish_stored(SUBJECT, _payload(A, 5))
@@ -300,4 +305,4 @@ async def test_a_replay_larger_than_the_stream_buffer_is_a_snapshot_not_a_giant_
     assert ls.hub.stats.resume_failed == {"beyond_stream_buffer": 1}
     small = await ls.publish_stored(SUBJECT, _payload(A, 6))
     event = await again.next_event()
-    assert event.id == str(small), "then live as usual"
+    assert event.id == ls.event_id(small), "then live as usual"

@@ -96,13 +96,14 @@ def test_hub_routes_in_one_lookup_and_encodes_once():
 
 def test_hub_stamps_stream_sequence_and_skips_redeliveries():
     hub = Hub("", queue_max=8)
+    hub.begin_epoch("abcdefgh", 1, 1)
     sub = Probe(hub, [("attacker", "u1")])
     body = b'{"payload": {"attacker_uuid": "u1"}}'
     assert hub.dispatch("attacker.scored", body, seq=7) == 1
     assert hub.position == 7
     assert hub.dispatch("attacker.scored", body, seq=7) == 0, "a re-delivered sequence is not sent twice"
     ((seq, frame, _ts),) = sub.items
-    assert seq == 7 and frame.startswith(b"id: 7\nevent: attacker.scored\n")
+    assert seq == 7 and frame.startswith(b"id: abcdefgh-7\nevent: attacker.scored\n")
     assert Probe(hub, [("attacker", "u2")]).position == 7, "a stream records where it registered"
 
 

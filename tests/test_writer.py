@@ -158,7 +158,7 @@ def test_a_peer_close_is_seen_without_a_write():
 def test_the_sweep_sends_keepalives_to_idle_streams_only():
     async def scenario() -> None:
         rig = Rig(keepalive_seconds=0.2)
-        rig.hub.position = 41  # as with JetStream: keepalives carry the position
+        rig.hub.begin_epoch("abcdefgh", 42, 42)  # as with JetStream: keepalives carry the position (41)
         idle, idle_peer = rig.open()
         busy, busy_peer = rig.open(keys=[("attacker", "busy")])
         idle.go_live([b": opened\n\n"], 0)
@@ -168,7 +168,7 @@ def test_the_sweep_sends_keepalives_to_idle_streams_only():
             rig.hub.dispatch("attacker.observation.x", body)
             await asyncio.sleep(0.05)
         idle_body, _ = h11_body(await read_all(idle_peer, lambda got: got.count(b"keepalive") >= 4))
-        assert b": keepalive\nid: 41\n\n" in idle_body
+        assert b": keepalive\nid: abcdefgh-41\n\n" in idle_body
         busy_body, _ = h11_body(await read_all(busy_peer, lambda got: b'"n":11' in got))
         assert b"keepalive" not in busy_body.split(b"opened", 1)[1], "a stream with traffic needs no keepalive"
         rig.close()

@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from lurestream.handlers.base import BaseHandler
-from lurestream.hub import BUS_DISCONNECTED, Hub
+from lurestream.hub import Hub
 from lurestream.limits import Slots
 from lurestream.metrics import Metrics
 from lurestream.store import Store, StoreUnavailable
@@ -36,11 +36,17 @@ class ReadyHandler(BaseHandler):
         except (StoreUnavailable, asyncio.TimeoutError):
             store_state = "down"
         bus_state = self.hub.state
-        down = [name for name, bad in (("store", store_state != "ok"), ("bus", bus_state == BUS_DISCONNECTED)) if bad]
+        down = ["store"] if store_state != "ok" else []
+        down += self.hub.problems()  # the bus, the JetStream stream and its consumer (SPEC §16)
         if self.settings.get("draining"):
             down.append("draining")
         # SPEC §13: "cluster" when the per-user cap counts every process, "local" when it has fallen back
-        body: dict[str, Any] = {"store": store_state, "bus": bus_state, "cap": self.limiter.mode}
+        body: dict[str, Any] = {
+            "store": store_state,
+            "bus": bus_state,
+            "events": self.hub.events_state,
+            "cap": self.limiter.mode,
+        }
         if down:
             body["detail"] = "not ready: " + ", ".join(down) + " unavailable"
             self.write_json(body, 503)

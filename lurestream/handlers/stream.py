@@ -20,7 +20,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Tracer
 from tornado.iostream import StreamClosedError
 
-from lurestream import sse
+from lurestream import eventids, sse
 from lurestream.batching import StoreReads
 from lurestream.cache import TTLCache
 from lurestream.edge import GuardedStream
@@ -28,7 +28,6 @@ from lurestream.handlers.base import STORE_UNAVAILABLE, ApiError, BaseHandler
 from lurestream.hub import Hub
 from lurestream.limits import Slots
 from lurestream.metrics import Metrics
-from lurestream.replay import RESUME_TOO_BIG
 from lurestream.routing import Key
 from lurestream.snapshots import SnapshotReads
 from lurestream.store import Store, StoreUnavailable
@@ -204,17 +203,16 @@ class StreamHandler(BaseHandler):
         """The opening content: a resume's replay (SPEC §7), or else the snapshot; then live."""
         requested = self.last_event_id()
         if requested is not None:
-            outcome = await self.hub.resume(live, requested)
-            if outcome.failed is None and sum(len(f) for _, f, _ in outcome.items) > self.config.stream_buffer_bytes:
-                outcome = self.hub.resume_refused(RESUME_TOO_BIG)  # SPEC §11: a replay is bounded too
+            outcome = await self.hub.resume(live, requested, max_bytes=self.config.stream_buffer_bytes)
             if outcome.failed is None:
-                after = int(requested.strip())
+                after = eventids.parse_id(requested)
+                assert after is not None  # a resume only succeeds for an id of this stream
                 head = sse.encode_frame(
-                    "resumed", sse.dumps({"last_event_id": str(after), "replayed": len(outcome.items)})
+                    "resumed", sse.dumps({"last_event_id": requested.strip(), "replayed": len(outcome.items)})
                 )
                 if live.span is not None:
                     live.span.set_attribute("lurestream.resume", "resumed")
-                live.go_live([head, *(frame for _, frame, _ in outcome.items)], max(after, live.position or 0))
+                live.go_live([head, *(frame for _, frame, _ in outcome.items)], max(after[1], live.position or 0))
                 return
             log.info("resume from %r not possible (%s); sending a snapshot", requested[:32], outcome.failed)
         with self._child("lurestream.snapshot", live.span) as span:
@@ -234,6 +232,6 @@ class StreamHandler(BaseHandler):
             data["resumed"] = False
             if live.span is not None:
                 live.span.set_attribute("lurestream.resume", "snapshot")
-        position = None if snap.position is None else str(snap.position)
+        position = None if snap.position is None else eventids.format_id(live.epoch, snap.position)
         frame = sse.encode_frame("snapshot", sse.dumps(data), position)
         live.go_live([frame, *(f for _, f, _ in snap.gap)], 0)

@@ -58,6 +58,7 @@ from nats.js import api
 from pymongo import MongoClient
 
 from lurestream.config import config_from
+from lurestream.eventids import sequence_of
 from lurestream.localservices import (
     LocalService,
     ServiceError,
@@ -813,7 +814,8 @@ class Follower:
 
     @property
     def position(self) -> int:
-        return int(self.last_id) if self.last_id and self.last_id.isdigit() else -1
+        seq = sequence_of(self.last_id)
+        return -1 if seq is None else seq
 
     @property
     def live(self) -> bool:
@@ -922,7 +924,7 @@ class Follower:
                 if event == "snapshot":
                     body = json.loads(data)
                     if self.first_position is None and event_id is not None:
-                        self.first_position = int(event_id)
+                        self.first_position = sequence_of(event_id)
                         session.opening = "snapshot"
                     elif body.get("resumed") is False:
                         session.opening = "rebuilt"
@@ -936,10 +938,11 @@ class Follower:
                 elif event in ("error", "end"):
                     self.errors.append(f"session {index} on {session.host}: event {event} {data}")
                 else:
-                    if event_id is None or not event_id.isdigit():
-                        self.errors.append(f"session {index}: event without a numeric id: {block!r}")
+                    seq = sequence_of(event_id)
+                    if seq is None:
+                        self.errors.append(f"session {index}: event without an id: {block!r}")
                         continue
-                    self.events.append((int(event_id), time.time(), index))
+                    self.events.append((seq, time.time(), index))
                     session.events += 1
                     if replay_left:
                         replay_left -= 1

@@ -1,0 +1,255 @@
+"""The process's one JetStream consumer, and the truth about the stream it reads (SPEC §7, §16).
+
+:class:`StreamConsumer` owns the ordered consumer over the retained stream and keeps checking what it
+depends on, so that nothing can make the process blind without it saying so:
+
+- **The stream's identity (epoch).** Every check (every ``CHECK_SECONDS``, and at once after a reconnect
+  or a silent consumer) reads the stream's info. A stream deleted and re-created, or lost with its store
+  and re-created, has a new creation time, hence a new epoch (``eventids``): the consumer is replaced by
+  one that reads the new stream from its first message, and every message it carries reaches the streams
+  live (sequences restart at 1: an old position must not swallow them). Ids of the old stream are never
+  resumed from the new one (``replay``). A missing stream is re-created with the configured limits.
+- **Progress.** The ordered consumer gets a heartbeat every second when idle; nothing at all for
+  ``STALL_SECONDS`` means it is stuck (a reset that failed while the stream was away, a paused node): it is
+  replaced from the last position, and readiness says so meanwhile.
+- **Readiness.** :attr:`problem` names what is wrong now (``stream missing``, ``jetstream unavailable``,
+  ``consumer stalled``), or is None; ``/readyz`` reports it (503) and clears on its own on recovery.
+
+The consumer hands every message to the hub (``Hub.dispatch``); messages of a replaced consumer that were
+still queued are dropped by generation, never dispatched twice or under the wrong epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
+
+from lurestream import eventids
+from lurestream.natsclient import GuardedClient
+from lurestream.routing import SUBJECT_FAMILIES
+
+if TYPE_CHECKING:
+    from lurestream.hub import Hub
+
+log = logging.getLogger("lurestream.consumer")
+
+CHECK_SECONDS = 2.0  # stream info read this often (a re-creation is noticed within ~2 s)
+STALL_SECONDS = 10.0  # SPEC §16: no message or heartbeat this long: the consumer has stopped
+IDLE_HEARTBEAT_SECONDS = 1.0
+INFO_TIMEOUT_SECONDS = 2.0
+
+STREAM_MISSING = "stream missing"
+JETSTREAM_UNAVAILABLE = "jetstream unavailable"
+CONSUMER_STALLED = "consumer stalled"
+NOT_CHECKED = "jetstream not checked yet"
+
+
+class StreamConsumer:
+    """One per process; see the module docstring."""
+
+    def __init__(self, hub: Hub, name: str, stream_config: api.StreamConfig | None) -> None:
+        self.hub = hub
+        self.name = name
+        self.stream_config = stream_config  # creates the stream when it is missing
+        self.problem: str | None = NOT_CHECKED
+        self.generation = 0  # bumped each time the consumer is replaced: older deliveries are dropped
+        self.recreations = 0  # epochs after the first (re-created streams noticed)
+        self.js: JetStreamContext | None = None
+        self._nc: GuardedClient | None = None
+        self._sub: JetStreamContext.PushSubscription | None = None
+        self._subscribed_at = 0.0
+        self._watcher: asyncio.Task[None] | None = None
+        self._check_now = asyncio.Event()
+        self.on_open: Callable[[], Awaitable[None]] | None = None  # a late start succeeded
+
+    # -- life --------------------------------------------------------------------------------------------
+    async def start(self, nc: GuardedClient) -> bool:
+        """Read the stream (creating it if missing), begin its epoch and subscribe; False when JetStream
+        cannot be used now — the hub then serves live events without ids meanwhile, and the watch keeps
+        trying (a NATS server whose JetStream starts seconds after it accepts connections, a stream
+        created later by ``init-nats``) and calls ``on_open`` once it succeeds."""
+        self._nc = nc
+        self.js = nc.jetstream()
+        opened = await self._open(fresh_process=True)
+        self._watcher = asyncio.ensure_future(self._watch())
+        return opened
+
+    @property
+    def open(self) -> bool:
+        return self._sub is not None
+
+    async def _open(self, fresh_process: bool) -> bool:
+        try:
+            info = await asyncio.wait_for(self._info(create=True), INFO_TIMEOUT_SECONDS)
+            self._begin(info, fresh_process=fresh_process)
+            await self._subscribe()
+        except Exception as exc:
+            problem = f"{JETSTREAM_UNAVAILABLE}: {type(exc).__name__}"
+            if problem != self.problem:
+                log.error(
+                    "JetStream stream %r unusable (%s): serving live events without ids or resume until it is; "
+                    "run `lurestream init-nats`",
+                    self.name,
+                    exc,
+                )
+            self.problem = problem
+            return False
+        self.problem = None
+        return True
+
+    def check_soon(self) -> None:
+        """Read the stream's info at the next tick (after a reconnect: JetStream may not be back yet)."""
+        self.problem = self.problem or NOT_CHECKED
+        self._check_now.set()
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+        await self._unsubscribe()
+
+    # -- the epoch ---------------------------------------------------------------------------------------
+    async def _info(self, create: bool) -> api.StreamInfo:
+        assert self.js is not None
+        try:
+            return await self.js.stream_info(self.name)
+        except NotFoundError:
+            if not create or self.stream_config is None:
+                raise
+        info = await self.js.add_stream(self.stream_config)
+        log.info("created JetStream stream %s over %s", self.name, ", ".join(self.stream_config.subjects or ()))
+        return info
+
+    def _begin(self, info: api.StreamInfo, fresh_process: bool) -> None:
+        """Count sequences of the stream ``info`` describes. A process that just started reads up to the
+        replay memory's depth of history into the memory only; a stream noticed as re-created is read from
+        its first message, all of it live (nobody has seen any of it)."""
+        state = info.state
+        first, last = int(state.first_seq or 0), int(state.last_seq or 0)
+        memory = self.hub.memory
+        max_msgs = info.config.max_msgs
+        if max_msgs is not None and max_msgs > 0:
+            memory.max_events = min(memory.max_events, int(max_msgs))
+        if fresh_process:
+            start = max(first, last - memory.max_events + 1, 1)
+            live_from = last + 1
+        else:
+            start = live_from = max(first, 1)
+        self.hub.begin_epoch(eventids.stream_epoch(self.name, info.created), start, live_from)
+
+    async def _subscribe(self) -> None:
+        assert self.js is not None
+        self.generation += 1
+        start = (self.hub.position or 0) + 1
+        self._sub = await self.js.subscribe(
+            "",
+            stream=self.name,
+            cb=functools.partial(self._message, self.generation),
+            ordered_consumer=True,
+            idle_heartbeat=IDLE_HEARTBEAT_SECONDS,  # a consumer lost with a NATS restart is re-created within ~2 s
+            config=api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=start,
+                filter_subjects=list(SUBJECT_FAMILIES),
+            ),
+        )
+        self._subscribed_at = time.monotonic()
+
+    async def _unsubscribe(self) -> None:
+        sub, self._sub = self._sub, None
+        self.generation += 1
+        if sub is not None:
+            try:  # cancels nats.py's heartbeat and flow-control tasks of the ordered consumer
+                await sub.unsubscribe()
+            except Exception as exc:
+                log.debug("error closing the JetStream consumer: %s", exc)
+
+    async def _message(self, generation: int, msg: Msg) -> None:
+        if generation != self.generation:
+            return  # queued for a consumer that has been replaced
+        try:
+            seq = int(msg.metadata.sequence.stream)
+        except Exception:  # not a JetStream delivery: nothing to stamp, nothing to resume from
+            seq = 0
+        self.hub.dispatch(msg.subject, msg.data, seq)
+
+    # -- the watch ---------------------------------------------------------------------------------------
+    async def _watch(self) -> None:
+        next_check = time.monotonic() + CHECK_SECONDS
+        while True:
+            try:
+                await asyncio.wait_for(self._check_now.wait(), timeout=0.5)
+            except asyncio.TimeoutError:
+                pass
+            now = time.monotonic()
+            silent = self._silent_for(now)
+            if self._check_now.is_set() or now >= next_check or silent > 2.5 * IDLE_HEARTBEAT_SECONDS:
+                self._check_now.clear()
+                next_check = now + CHECK_SECONDS
+                try:
+                    await self.check()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # never let the watch end: it is what notices everything else
+                    log.exception("JetStream check failed")
+
+    def _silent_for(self, now: float) -> float:
+        """Seconds since the consumer last received anything (a message, a heartbeat)."""
+        if self._sub is None or self._nc is None:
+            return 0.0
+        heard = self._nc.last_inbound(self._sub._sub)
+        return now - max(heard or 0.0, self._subscribed_at)
+
+    async def check(self) -> None:
+        """Read the stream's info; act on a new epoch, a missing stream, a stalled consumer."""
+        nc = self._nc
+        if nc is None or not nc.is_connected or self.js is None:
+            return  # the bus state says it (readiness); checked again after the reconnect
+        if self._sub is None:  # JetStream was unusable when the bus came up: try again
+            if await self._open(fresh_process=True) and self.on_open is not None:
+                await self.on_open()
+            return
+        try:
+            info = await asyncio.wait_for(self._info(create=True), INFO_TIMEOUT_SECONDS)
+        except NotFoundError:
+            self._set_problem(STREAM_MISSING)
+            return
+        except (asyncio.TimeoutError, Exception) as exc:
+            self._set_problem(f"{JETSTREAM_UNAVAILABLE}: {type(exc).__name__}")
+            return
+        epoch = eventids.stream_epoch(self.name, info.created)
+        if epoch != self.hub.epoch or int(info.state.last_seq or 0) < (self.hub.position or 0):
+            log.warning(
+                "JetStream stream %s was re-created (epoch %s, was %s): reading it from its first message; "
+                "ids of the old stream are not resumed",
+                self.name,
+                epoch,
+                self.hub.epoch,
+            )
+            self.recreations += 1
+            await self._unsubscribe()
+            self._begin(info, fresh_process=False)
+            await self._subscribe()
+        elif self._silent_for(time.monotonic()) > STALL_SECONDS:
+            self._set_problem(CONSUMER_STALLED)
+            log.warning("JetStream consumer silent for %.0fs; replacing it", STALL_SECONDS)
+            await self._unsubscribe()
+            await self._subscribe()
+            return
+        self._set_problem(None)
+
+    def _set_problem(self, problem: str | None) -> None:
+        if problem != self.problem and problem is not None:
+            log.warning("JetStream stream %s: %s", self.name, problem)
+        elif problem is None and self.problem not in (None, NOT_CHECKED):
+            log.info("JetStream stream %s usable again", self.name)
+        self.problem = problem

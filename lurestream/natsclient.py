@@ -1,0 +1,181 @@
+"""Every NATS connection lurestream makes, and nats.py hardened against what a publisher can send.
+
+**Why a subclass.** nats.py (checked: 2.16) turns each ``MSG``/``HMSG`` from the server into a
+:class:`~nats.aio.msg.Msg` inside its read loop, and any exception raised there ends the read loop for
+good — the connection then looks connected, receives nothing, and never reconnects (SPEC §16, "the bus").
+A publisher controls three things that reach that code:
+
+- the **subject and reply bytes**: nats-server relays any bytes but whitespace, and nats.py decodes them
+  as strict UTF-8 (``_build_message``): one ``PUB attacker.observation.\\xff`` stopped every process for
+  minutes, and again each time JetStream redelivered it. Here they are decoded with ``surrogateescape``
+  (never raises; the hub then finds the subject is not UTF-8 and skips the message as malformed).
+- the **headers**: a status line the client takes for the server's own (``NATS/1.0 100 Idle Heartbeat``)
+  made nats.py treat a stored message as a control message, so its ordered consumer never advanced past it
+  and reset onto it forever (nats-server 2.9.10 delivers such publisher headers as stored; 2.14 does not).
+  A message JetStream delivered (reply ``$JS.ACK.…``) is never a control message: its status line is
+  dropped before nats.py looks. Headers nats.py cannot parse at all are dropped (the message is kept).
+- anything else that still raises while a message is processed is caught, counted and logged
+  (rate-limited) — the read loop never sees it.
+
+Upstream (nats-py 2.16): ``_build_message`` decodes strictly and ``_read_loop`` stops on any exception
+other than a protocol or OS error; no release handles either. ``setup.py`` pins the range these overrides
+were checked against; ``tests/test_poison.py`` runs each case against a real server.
+
+The client also records when each subscription last received anything (data, heartbeats, flow control),
+so readiness can tell a consumer that stopped making progress (SPEC §16, "Readiness tells the truth").
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from nats import errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+log = logging.getLogger("lurestream.nats")
+
+_STATUS_HEADER_PREFIX = b"NATS/1.0 "  # a status line: "NATS/1.0 100 Idle Heartbeat"
+_PLAIN_HEADER_LINE = b"NATS/1.0\r\n"
+_JETSTREAM_DELIVERY = b"$JS.ACK."
+
+# Pings: nats.py's defaults (every 120 s, 2 outstanding) leave a paused or partitioned server for ~6 minutes.
+# Every 1.5 s with 2 outstanding, a silent server is left after ~6 s (SPEC §16: within 10 s), then the
+# client moves to another URL of the cluster.
+PING_INTERVAL_SECONDS = 1.5
+MAX_OUTSTANDING_PINGS = 2
+
+
+class GuardedClient(Client):
+    """nats.py's client; a message it cannot take is skipped and counted, never fatal (module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped = 0  # messages nats.py could not process (counted, logged rate-limited)
+        self.on_skipped: Callable[[str], None] | None = None
+        self._last_inbound: weakref.WeakKeyDictionary[Subscription, float] = weakref.WeakKeyDictionary()
+        self._skip_logged = float("-inf")
+        self._skips_unlogged = 0
+
+    # -- what readiness asks -----------------------------------------------------------------------------
+    def last_inbound(self, sub: Subscription) -> float | None:
+        """``time.monotonic()`` when ``sub`` last received anything (heartbeats included), or None."""
+        return self._last_inbound.get(sub)
+
+    @property
+    def read_loop_alive(self) -> bool:
+        """False when the connection is up but nats.py's read loop has ended (it would receive nothing)."""
+        task = self._reading_task
+        return task is not None and not task.done()
+
+    async def recover(self) -> None:
+        """Reconnect a connection whose read loop has ended (it would look connected and hear nothing):
+        nats.py's own path for a broken connection, which restores every subscription."""
+        log.warning("NATS read loop ended on a live connection; reconnecting")
+        await self._process_op_err(errors.UnexpectedEOF())
+
+    # -- the overrides -------------------------------------------------------------------------------------
+    def _build_message(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: dict[str, str] | None
+    ) -> Msg:
+        return self.msg_class(
+            subject=subject.decode("utf-8", "surrogateescape"),
+            reply=reply.decode("utf-8", "surrogateescape"),
+            data=data,
+            headers=headers,
+            _client=self,
+            _sid=sid,
+        )
+
+    async def _process_headers(self, headers: Any) -> dict[str, str] | None:
+        try:
+            parsed: dict[str, str] | None = await super()._process_headers(headers)
+        except Exception as exc:  # a status that is not ASCII, a header block nats.py cannot split
+            self._skip("unparseable headers", exc)
+            return None
+        return parsed
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        sub = self._subs.get(sid)
+        if sub is not None:
+            self._last_inbound[sub] = time.monotonic()
+        if headers and reply.startswith(_JETSTREAM_DELIVERY) and headers.startswith(_STATUS_HEADER_PREFIX):
+            # A stored message: its status line came from a publisher, not the server (module docstring).
+            end = headers.find(b"\r\n")
+            headers = _PLAIN_HEADER_LINE + headers[end + 2 :] if end >= 0 else b""
+        try:
+            await super()._process_msg(sid, subject, reply, data, headers)
+        except Exception as exc:
+            self._skip(f"message on {subject[:128]!r}", exc)
+
+    def _skip(self, what: str, exc: BaseException) -> None:
+        self.skipped += 1
+        if self.on_skipped is not None:
+            self.on_skipped(what)
+        now = time.monotonic()
+        if now - self._skip_logged < 10.0:
+            self._skips_unlogged += 1
+            return
+        suppressed, self._skips_unlogged, self._skip_logged = self._skips_unlogged, 0, now
+        log.warning(
+            "skipped a NATS %s nats.py could not process (%s: %s)%s",
+            what,
+            type(exc).__name__,
+            str(exc)[:200],
+            f" ({suppressed} similar suppressed)" if suppressed else "",
+        )
+
+
+def tls_context(ca_file: str, cert_file: str, key_file: str) -> ssl.SSLContext | None:
+    """A client TLS context from the NATS TLS settings (None when none is set: the URL's scheme decides)."""
+    if not (ca_file or cert_file):
+        return None
+    context = ssl.create_default_context(cafile=ca_file or None)
+    if cert_file:
+        context.load_cert_chain(cert_file, key_file or None)
+    return context
+
+
+def auth_options(config: Any) -> dict[str, Any]:
+    """nats.py ``connect`` keywords for the credentials in ``config`` (the ``LURESTREAM_NATS_*`` settings)."""
+    options: dict[str, Any] = {}
+    if getattr(config, "nats_creds_file", ""):
+        options["user_credentials"] = config.nats_creds_file
+    if getattr(config, "nats_nkey_seed_file", ""):
+        options["nkeys_seed"] = config.nats_nkey_seed_file
+    if getattr(config, "nats_user", ""):
+        options["user"] = config.nats_user
+        options["password"] = getattr(config, "nats_password", "")
+    if getattr(config, "nats_token", ""):
+        options["token"] = config.nats_token
+    tls = tls_context(
+        getattr(config, "nats_tls_ca_file", ""),
+        getattr(config, "nats_tls_cert_file", ""),
+        getattr(config, "nats_tls_key_file", ""),
+    )
+    if tls is not None:
+        options["tls"] = tls
+    return options
+
+
+def servers_of(url: str) -> list[str]:
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
+async def connect(url: str, name: str, config: Any = None, **options: Any) -> GuardedClient:
+    """A connected :class:`GuardedClient` to the servers of ``url`` with ``config``'s credentials.
+
+    ``options`` are nats.py ``connect`` keywords (callbacks, reconnect policy); the ping policy that
+    leaves a silent server within 10 s is the default.
+    """
+    client = GuardedClient()
+    options.setdefault("ping_interval", PING_INTERVAL_SECONDS)
+    options.setdefault("max_outstanding_pings", MAX_OUTSTANDING_PINGS)
+    await client.connect(servers=servers_of(url), name=name, **(auth_options(config) if config else {}), **options)
+    return client
