@@ -171,14 +171,25 @@ async def test_kept_alive_connections_idle_then_close_but_a_begun_head_must_fini
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.lurestream(max_connections_per_ip=3)
 async def test_connections_per_address_are_capped_and_released(ls):
-    held = [await asyncio.open_connection("127.0.0.1", ls.port) for _ in range(3)]
-    await ls.wait_for(lambda: ls.services.connections.count("127.0.0.1") == 3)
-    status, headers, body, _t = await raw_exchange(ls.port, get("/healthz"))
+    """A connection counts from its first request head that is not a probe (the probes are in
+    test_edge_addresses), once for its whole kept-alive life, until it closes."""
+    held = []
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", ls.port)
+        for _ in range(2):  # kept alive: a second request does not count the connection again
+            writer.write(get("/api/v1/topologies"))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 401 "), head
+            await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+        held.append((reader, writer))
+    assert ls.services.connections.count("127.0.0.1") == 3
+    status, headers, body, _t = await raw_exchange(ls.port, get("/api/v1/topologies"))
     assert status == 429 and json.loads(body) == {"detail": "Too many connections from this address"}
     assert headers["retry-after"] == "1"
+    assert refused(ls, "connections_per_ip") == 1
     held.pop()[1].close()
     await ls.wait_for(lambda: ls.services.connections.count("127.0.0.1") == 2)
-    assert (await raw_exchange(ls.port, get("/healthz")))[0] == 200
+    assert (await raw_exchange(ls.port, get("/api/v1/topologies")))[0] == 401
     for _reader, writer in held:
         writer.close()
     await ls.wait_for(lambda: ls.services.connections.total == 0, what="every connection uncounted")
