@@ -146,21 +146,36 @@ class Authenticator:
                 raise AuthError(401, INVALID_CREDENTIALS, f"claim {claim} is not a string")
         return claims
 
-    async def authenticate_token(self, token: str) -> Identity:
-        """Full JWT validation (SPEC §5.2) including the user, revocation and role checks."""
+    async def authenticate_token(self, token: str, fresh: bool = False) -> Identity:
+        """Full JWT validation (SPEC §5.2) including the user, revocation and role checks; ``fresh``
+        reads the user and the revocation from the store, not the cache (minting: a credential revoked
+        a moment ago must not mint more, SPEC §16)."""
         claims = self._decode(token)
-        return await self.check_user(claims["uuid"], claims["jti"], float(claims["iat"]), float(claims["exp"]))
+        return await self.check_user(
+            claims["uuid"], claims["jti"], float(claims["iat"]), float(claims["exp"]), fresh=fresh
+        )
 
-    async def check_user(self, uuid: str, jti: str, iat: float, exp: float) -> Identity:
-        """The checks after a valid signature (or a stored session): the user exists, the credential is
-        not older than ``tokens_valid_from`` nor revoked, no password change pending, a streaming role."""
-        user = await self._users.get_or_load(uuid, lambda: self.user_reads.get(uuid))
+    async def check_user(self, uuid: str, jti: str, iat: float, exp: float, fresh: bool = False) -> Identity:
+        """The checks after a valid signature (or a stored session or ticket): the user exists, the
+        credential is not older than ``tokens_valid_from`` nor revoked, no password change pending, a
+        streaming role."""
+        if fresh:
+            user = await self.user_reads.get(uuid)
+            self._users.set(uuid, user)
+        else:
+            user = await self._users.get_or_load(uuid, lambda: self.user_reads.get(uuid))
         reason = user_refusal(user, iat)
         if reason is not None:
             raise AuthError(401, INVALID_CREDENTIALS, reason)
         assert user is not None
-        if jti and await self._revocations.get_or_load(jti, lambda: self._is_revoked(jti)):
-            raise AuthError(401, INVALID_CREDENTIALS, "token revoked")
+        if jti:
+            if fresh:
+                revoked = await self._is_revoked(jti)
+                self._revocations.set(jti, revoked)
+            else:
+                revoked = await self._revocations.get_or_load(jti, lambda: self._is_revoked(jti))
+            if revoked:
+                raise AuthError(401, INVALID_CREDENTIALS, "token revoked")
         if password_change_required(user):
             raise AuthError(403, PASSWORD_CHANGE)
         identity = Identity(uuid, str(user.get("role") or ""), jti, iat, exp)
@@ -169,6 +184,15 @@ class Authenticator:
 
     async def _is_revoked(self, jti: str) -> bool:
         return bool(await self.revocation_reads.get(jti))
+
+    def learn(self, users: dict[str, dict[str, Any] | None], revoked: set[str]) -> None:
+        """Fresh facts read by the open-stream sweep (SPEC §16): once it ends a stream for a revoked,
+        deleted or demoted credential, this process's next connect with that credential is refused at
+        once, not after the cache's remaining lifetime."""
+        for uuid, user in users.items():
+            self._users.set(uuid, user)
+        for jti in revoked:
+            self._revocations.set(jti, True)
 
     def check_role(self, identity: Identity) -> None:
         if identity.role not in self.config.stream_roles:
@@ -189,15 +213,14 @@ class Authenticator:
         return ticket, ttl
 
     async def redeem_ticket(self, ticket: str) -> Identity:
-        """Use a ticket up (whatever the outcome), then check its expiry and role."""
+        """Use a ticket up (whatever the outcome), check its expiry and the role bound at mint time, then
+        check the credential behind it as a JWT is checked (SPEC §16): its user still exists, may still
+        stream, has no password change pending, and the JWT it was minted from is neither revoked nor
+        older than ``tokens_valid_from`` — a ticket must not outlive its credential."""
         doc = _unexpired(await self.store.take_ticket(hash_ticket(ticket)), INVALID_TICKET, "unknown or reused ticket")
-        identity = Identity(
-            str(doc.get("uuid")),
-            str(doc.get("role") or ""),
-            *_credential(doc.get("jti"), doc.get("iat"), doc.get("exp")),
-        )
-        self.check_role(identity)
-        return identity
+        jti, iat, exp = _credential(doc.get("jti"), doc.get("iat"), doc.get("exp"))
+        self.check_role(Identity(str(doc.get("uuid")), str(doc.get("role") or "")))
+        return await self.check_user(str(doc.get("uuid")), jti, iat, exp)
 
     # -- browser sessions (SPEC §12) ----------------------------------------------------------------
     async def mint_session(self, identity: Identity) -> tuple[str, int]:

@@ -127,6 +127,14 @@ def _scaled(units: dict[str, int], what: str, example: str) -> Callable[[str], i
     return parse
 
 
+def _readable_file(raw: str) -> str:
+    """A path that can be read now (empty: unset), so a typo stops start-up instead of every connect."""
+    path = raw.strip()
+    if path and not os.access(path, os.R_OK):
+        raise ValueError(f"cannot read {path!r}")
+    return path
+
+
 def _bucket_name(raw: str) -> str:
     value = raw.strip()
     if value and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
@@ -181,144 +189,342 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("host", "127.0.0.1", _str, "address to listen on"),
-    Setting("port", "8700", _int(0, 65535), "port to listen on"),
-    Setting("processes", "1", _int(0, 1024), "worker processes sharing the port (0 = one per CPU)"),
+    Setting("host", "127.0.0.1", _str, "the address to listen on"),
+    Setting("port", "8700", _int(0, 65535), "the port to listen on"),
     Setting(
-        "nats_url", "nats://127.0.0.1:4222", _nats_url, "NATS server URL(s), comma-separated; empty disables the bus"
+        "processes",
+        "1",
+        _int(0, 1024),
+        (
+            "worker processes sharing the port (`0` = one per CPU); each has its own NATS connection and MongoDB "
+            "client; the per-user cap holds across them (with JetStream)"
+        ),
     ),
-    Setting("mongo_uri", "mongodb://127.0.0.1:27017", _mongo_uri, "MongoDB connection URI"),
-    Setting("mongo_db", "decnet", _str, "MongoDB database name"),
-    Setting("mongo_driver", "pymongo", _choice("pymongo", "motor"), "pymongo (async API) or motor"),
-    Setting("mongo_timeout_ms", "2000", _int(100), "how long a MongoDB call may wait for a server before 503"),
-    Setting("jwt_secret", "", _str, "HMAC secret for HS* tokens (at least 32 characters)"),
-    Setting("jwt_algorithms", "HS256", _algorithms, "accepted JWT algorithms, comma-separated"),
-    Setting("jwt_public_key_file", "", _str, "PEM public key file for RS*/ES* tokens"),
-    Setting("jwt_issuer", "decnet", _str, "required iss claim"),
-    Setting("jwt_audience", "decnet-dashboard", _str, "required aud claim"),
-    Setting("jwt_type", "access", _str, "required typ claim"),
-    Setting("stream_roles", "viewer,admin", _csv, "roles allowed to open streams, comma-separated"),
-    Setting("sse_max_per_user", "5", _int(1), "open streams per user per process"),
-    Setting("keepalive_seconds", "15", _float(0), "idle time before a keepalive comment"),
-    Setting("send_timeout_seconds", "10", _float(0), "a write that does not complete within this closes the stream"),
+    Setting("nats_url", "nats://127.0.0.1:4222", _nats_url, "NATS server(s), comma-separated; empty disables the bus"),
+    Setting(
+        "mongo_uri",
+        "mongodb://127.0.0.1:27017",
+        _mongo_uri,
+        "the store: a `mongodb://` URI (replica set, pool options)",
+    ),
+    Setting("mongo_db", "decnet", _str, "the store's database"),
+    Setting("mongo_driver", "pymongo", _choice("pymongo", "motor"), "`pymongo` (PyMongo's async API) or `motor`"),
+    Setting(
+        "mongo_timeout_ms",
+        "2000",
+        _int(100),
+        "how long a MongoDB call may wait for a server before the request gets 503",
+    ),
+    Setting("jwt_secret", "", _str, "HMAC secret, at least 32 characters; required for HS* algorithms"),
+    Setting(
+        "jwt_algorithms", "HS256", _algorithms, "accepted algorithms (HS256/384/512, RS256/384/512, ES256/384/512)"
+    ),
+    Setting("jwt_public_key_file", "", _str, "PEM public key for RS*/ES*"),
+    Setting("jwt_issuer", "decnet", _str, "required `iss` claim"),
+    Setting("jwt_audience", "decnet-dashboard", _str, "required `aud` claim"),
+    Setting("jwt_type", "access", _str, "required `typ` claim"),
+    Setting("stream_roles", "viewer,admin", _csv, "roles that may open streams and mint tickets"),
+    Setting(
+        "sse_max_per_user",
+        "5",
+        _int(1),
+        (
+            "open streams per user, across every process and host (see `LURESTREAM_CAP_BUCKET`; per process without"
+            " JetStream)"
+        ),
+    ),
+    Setting("keepalive_seconds", "15", _float(0), "idle time before a `: keepalive` comment"),
+    Setting("send_timeout_seconds", "10", _float(0), "a write not flushed within this closes the connection"),
     Setting("queue_max", "256", _int(1), "events buffered per connection"),
-    Setting("jetstream", "", _stream_name, "JetStream stream name: event ids and resume (empty = off)"),
     Setting(
-        "jetstream_max_age", "24h", _scaled(_DURATION_UNITS, "a duration", "3600, 90m, 24h or 7d"), "stream retention"
+        "jetstream",
+        "",
+        _stream_name,
+        (
+            "JetStream stream name: event ids and resume (empty = off); created by `lurestream init-nats`, or by "
+            "the server if missing"
+        ),
     ),
     Setting(
-        "jetstream_max_bytes", "1GiB", _scaled(_SIZE_UNITS, "a size", "1GiB or 500MB"), "stream size bound (oldest go)"
+        "jetstream_max_age",
+        "24h",
+        _scaled(_DURATION_UNITS, "a duration", "3600, 90m, 24h or 7d"),
+        "retention by age (`3600`, `90m`, `24h`, `7d`)",
     ),
-    Setting("jetstream_max_msgs", "0", _int(0), "stream message bound, oldest go (0 = unbounded)"),
-    Setting("jetstream_replicas", "1", _int(1, 5), "stream replicas in a NATS cluster"),
-    Setting("replay_max", "10000", _int(0), "most stream messages a resume may scan before it gives a snapshot"),
-    Setting("replay_memory", "-1", _int(-1), "recent events kept in memory for resumes (-1 = LURESTREAM_REPLAY_MAX)"),
-    Setting("retry_ms", "3000", _int(0), "reconnect hint sent before the server closes a stream (jittered)"),
-    Setting("drain_seconds", "30", _float(0, inclusive=True), "on SIGTERM, close streams spread over this long"),
-    Setting("auth_cache_seconds", "5", _float(0, inclusive=True), "cache user and revocation look-ups (0-10 s)"),
-    Setting("ticket_ttl_seconds", "60", _int(1, 3600), "lifetime of a stream ticket"),
-    Setting("allow_query_token", "true", _bool, "accept ?token=<JWT> on stream endpoints"),
-    Setting("cors_origins", "", _csv, "origins allowed to open streams, comma-separated (* for any)"),
-    Setting("trust_proxy_headers", "false", _bool, "take the client address from X-Forwarded-For / X-Real-IP"),
-    Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "log level"),
-    Setting("log_format", "text", _choice("text", "json"), "text, or json for one object a line"),
-    Setting("dev_insecure", "false", _bool, "DEV ONLY: accept a short JWT secret, or run with a random one"),
+    Setting(
+        "jetstream_max_bytes",
+        "1GiB",
+        _scaled(_SIZE_UNITS, "a size", "1GiB or 500MB"),
+        "retention by size (`500MB`, `1GiB`); oldest messages go first",
+    ),
+    Setting("jetstream_max_msgs", "0", _int(0), "retention by count (`0` = no bound)"),
+    Setting("jetstream_replicas", "1", _int(1, 5), "stream replicas in a NATS cluster (`3` for a resilient cluster)"),
+    Setting("replay_max", "10000", _int(0), "most stream messages one resume may scan; a longer gap gets a snapshot"),
+    Setting(
+        "replay_memory",
+        "-1",
+        _int(-1),
+        (
+            "recent events each process keeps in memory to serve resumes without reading JetStream (`-1` = "
+            "`LURESTREAM_REPLAY_MAX`; `0` = always read JetStream)"
+        ),
+    ),
+    Setting("retry_ms", "3000", _int(0), "reconnect hint sent before the server closes a stream (jittered ±50%)"),
+    Setting(
+        "drain_seconds",
+        "30",
+        _float(0, inclusive=True),
+        "on SIGTERM, close open streams spread over this long (`0` = at once)",
+    ),
+    Setting(
+        "auth_cache_seconds",
+        "5",
+        _float(0, inclusive=True),
+        (
+            "per-process cache of user and revocation look-ups (0–10; `0` = off): a revocation or role change takes"
+            " effect within this long"
+        ),
+    ),
+    Setting("ticket_ttl_seconds", "60", _int(1, 3600), "stream ticket lifetime"),
+    Setting("allow_query_token", "true", _bool, "accept `?token=<JWT>`"),
+    Setting("cors_origins", "", _csv, "origins allowed to call the API from a browser, comma-separated (`*` = any)"),
+    Setting(
+        "trust_proxy_headers",
+        "false",
+        _bool,
+        (
+            "behind a reverse proxy: log the client address from `X-Forwarded-For`/`X-Real-IP` (off, so a direct "
+            "client cannot forge it)"
+        ),
+    ),
+    Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "`debug`, `info`, `warning` or `error`"),
+    Setting("log_format", "text", _choice("text", "json"), "`text`, or `json` for one object a line"),
+    Setting(
+        "dev_insecure",
+        "false",
+        _bool,
+        "development only: accept a short JWT secret, or start without one (a random secret, logged as such)",
+    ),
     # SPEC §11: what a client or a bus message may cost
-    Setting("max_header_bytes", "16KiB", _size(1024), "request line + headers, at most (else 431)"),
-    Setting("max_url_bytes", "8KiB", _size(256), "path + query, at most (else 414)"),
-    Setting("max_id_length", "128", _int(1, 4096), "longest attacker or topology id looked up (longer: 404)"),
-    Setting("max_body_bytes", "4KiB", _size(0), "request body, at most (else 413 before it is read)"),
-    Setting("header_timeout_seconds", "10", _float(0), "complete request headers (and body) within this"),
-    Setting("idle_timeout_seconds", "60", _float(0), "close a kept-alive connection idle this long"),
-    Setting("max_connections_per_ip", "0", _int(0), "open connections per client address (0 = no bound)"),
-    Setting("max_message_bytes", "1MiB", _size(1024), "bus messages larger than this are malformed"),
-    Setting("stream_buffer_bytes", "1MiB", _size(4096), "bytes queued for one stream before it is closed as lagging"),
-    Setting("replay_memory_bytes", "64MiB", _size(0), "bytes of recent events kept for resumes, at most"),
-    Setting("mint_rate", "30/60s", _rate, "ticket and session mints per user per process (N/<duration>)"),
+    Setting(
+        "max_header_bytes",
+        "16KiB",
+        _size(1024),
+        "request line + headers, at most: else 431 (414 when the request line alone is too long)",
+    ),
+    Setting("max_url_bytes", "8KiB", _size(256), "path + query, at most: else 414"),
+    Setting(
+        "max_id_length",
+        "128",
+        _int(1, 4096),
+        "a longer attacker or topology id is unknown: 404 after auth, no store query",
+    ),
+    Setting(
+        "max_body_bytes",
+        "4KiB",
+        _size(0),
+        "request body, at most: else 413, answered before the body is read; `Transfer-Encoding` on a request → 411",
+    ),
+    Setting(
+        "header_timeout_seconds",
+        "10",
+        _float(0),
+        (
+            "a connection must send complete request headers (and body) this soon after it opens, or after the "
+            "first byte of a kept-alive request: else 408 and closed"
+        ),
+    ),
+    Setting(
+        "idle_timeout_seconds", "60", _float(0), "a kept-alive connection idle between requests this long is closed"
+    ),
+    Setting(
+        "max_connections_per_ip",
+        "0",
+        _int(0),
+        (
+            "open connections per client address (`0` = no bound; behind a proxy every client has the proxy's "
+            "address); over it → 429 and closed"
+        ),
+    ),
+    Setting(
+        "max_message_bytes",
+        "1MiB",
+        _size(1024),
+        "a bigger bus message is malformed (skipped, counted, logged rate-limited)",
+    ),
+    Setting(
+        "stream_buffer_bytes",
+        "1MiB",
+        _size(4096),
+        (
+            "bytes waiting for one stream (queued + unsent + a resume's replay); past it the stream is closed as "
+            "lagging with a `retry:` hint"
+        ),
+    ),
+    Setting("replay_memory_bytes", "64MiB", _size(0), "bytes of recent events a process keeps for resumes, at most"),
+    Setting(
+        "mint_rate",
+        "30/60s",
+        _rate,
+        "ticket and session mints per user per process; beyond → 429 `Too many ticket requests` with `Retry-After`",
+    ),
     # SPEC §12: credentials for the whole life of a stream, browser sessions
-    Setting("auth_sweep_seconds", "5", _float(0), "how often open streams' users and jtis are checked again"),
-    Setting("session_max_seconds", "43200", _int(60), "longest life of a browser session (capped by the JWT's exp)"),
-    Setting("cookie_secure", "true", _bool, "mark the session cookie Secure (only sent over HTTPS)"),
+    Setting(
+        "auth_sweep_seconds",
+        "5",
+        _float(0),
+        (
+            "how often the users and jtis of open streams are read again: a revoked token, a moved "
+            "`tokens_valid_from`, a deleted user (`end` `revoked`) or a role that may no longer stream (`end` "
+            "`forbidden`) ends its streams within this (`0` = never; expiry is checked every second regardless)"
+        ),
+    ),
+    Setting(
+        "session_max_seconds",
+        "43200",
+        _int(60),
+        "longest life of a browser session cookie (it never outlives the JWT it was minted from)",
+    ),
+    Setting(
+        "cookie_secure",
+        "true",
+        _bool,
+        "mark the session cookie `Secure` (sent over HTTPS only; `false` for plain-HTTP development)",
+    ),
     # SPEC §13: one cap across processes and hosts
     Setting(
         "cap_bucket",
         "lurestream_caps",
         _bucket_name,
-        "JetStream KV bucket of the cross-process cap (empty = per process)",
+        (
+            "with JetStream on, the per-user cap counts a user's streams on every process and host sharing the NATS"
+            " cluster, through this key-value bucket (each process watches it, so admission costs no round trip); "
+            "empty = per process"
+        ),
     ),
-    Setting("cap_lease_seconds", "30", _float(0), "a dead process's slots free within this long"),
+    Setting(
+        "cap_lease_seconds",
+        "10",
+        _float(0),
+        (
+            "the slots of a process that dies without stopping (SIGKILL, a lost host) are free everywhere within "
+            "this long; meanwhile a reconnecting EventSource is told to retry, not refused"
+        ),
+    ),
+    # NATS credentials (SPEC §16): how real clusters authenticate; see docs/operations.md for permissions
+    Setting(
+        "nats_user", "", _str, "NATS user name (with `LURESTREAM_NATS_PASSWORD`); credentials can also be in the URL"
+    ),
+    Setting("nats_password", "", _str, "NATS password (never logged)"),
+    Setting("nats_token", "", _str, "NATS authentication token (never logged)"),
+    Setting(
+        "nats_creds_file",
+        "",
+        _readable_file,
+        "NATS credentials file (user JWT + NKey seed, a `.creds` file): decentralised auth",
+    ),
+    Setting("nats_nkey_seed_file", "", _readable_file, "NATS NKey seed file (nkey authentication)"),
+    Setting(
+        "nats_tls_ca_file",
+        "",
+        _readable_file,
+        "CA certificate(s) that sign the NATS servers' certificates (PEM); set it (or a `tls://` URL) to require TLS",
+    ),
+    Setting("nats_tls_cert_file", "", _readable_file, "client certificate for NATS mutual TLS (PEM)"),
+    Setting("nats_tls_key_file", "", _readable_file, "the client certificate's private key (PEM)"),
 )
 
 
 @dataclass(frozen=True)
 class Config:
-    """The validated settings of one server process (see SETTINGS for meanings)."""
+    """The validated settings of one server process. Meanings and defaults live in SETTINGS, once: build
+    a Config with ``load_config`` or ``config_from``, never field by field."""
 
-    host: str = "127.0.0.1"
-    port: int = 8700
-    processes: int = 1
-    nats_url: str = "nats://127.0.0.1:4222"
-    mongo_uri: str = "mongodb://127.0.0.1:27017"
-    mongo_db: str = "decnet"
-    mongo_driver: str = "pymongo"
-    mongo_timeout_ms: int = 2000
-    jwt_secret: str = ""
-    jwt_algorithms: tuple[str, ...] = ("HS256",)
-    jwt_public_key_file: str = ""
-    jwt_issuer: str = "decnet"
-    jwt_audience: str = "decnet-dashboard"
-    jwt_type: str = "access"
-    stream_roles: tuple[str, ...] = ("viewer", "admin")
-    sse_max_per_user: int = 5
-    keepalive_seconds: float = 15.0
-    send_timeout_seconds: float = 10.0
-    queue_max: int = 256
-    jetstream: str = ""
-    jetstream_max_age: int = 86400
-    jetstream_max_bytes: int = 2**30
-    jetstream_max_msgs: int = 0
-    jetstream_replicas: int = 1
-    replay_max: int = 10000
-    replay_memory: int = -1
-    retry_ms: int = 3000
-    drain_seconds: float = 30.0
-    auth_cache_seconds: float = 5.0
-    ticket_ttl_seconds: int = 60
-    allow_query_token: bool = True
-    cors_origins: tuple[str, ...] = ()
-    trust_proxy_headers: bool = False
-    log_level: str = "info"
-    log_format: str = "text"
-    dev_insecure: bool = False
-    max_header_bytes: int = 16 * 1024
-    max_url_bytes: int = 8 * 1024
-    max_id_length: int = 128
-    max_body_bytes: int = 4 * 1024
-    header_timeout_seconds: float = 10.0
-    idle_timeout_seconds: float = 60.0
-    max_connections_per_ip: int = 0
-    max_message_bytes: int = 2**20
-    stream_buffer_bytes: int = 2**20
-    replay_memory_bytes: int = 64 * 2**20
-    mint_rate: tuple[int, float] = (30, 60.0)
-    auth_sweep_seconds: float = 5.0
-    session_max_seconds: int = 43200
-    cookie_secure: bool = True
-    cap_bucket: str = "lurestream_caps"
-    cap_lease_seconds: float = 30.0
-    jwt_public_key: str = field(default="", repr=False)
+    host: str
+    port: int
+    processes: int
+    nats_url: str
+    mongo_uri: str
+    mongo_db: str
+    mongo_driver: str
+    mongo_timeout_ms: int
+    jwt_secret: str
+    jwt_algorithms: tuple[str, ...]
+    jwt_public_key_file: str
+    jwt_issuer: str
+    jwt_audience: str
+    jwt_type: str
+    stream_roles: tuple[str, ...]
+    sse_max_per_user: int
+    keepalive_seconds: float
+    send_timeout_seconds: float
+    queue_max: int
+    jetstream: str
+    jetstream_max_age: int
+    jetstream_max_bytes: int
+    jetstream_max_msgs: int
+    jetstream_replicas: int
+    replay_max: int
+    replay_memory: int
+    retry_ms: int
+    drain_seconds: float
+    auth_cache_seconds: float
+    ticket_ttl_seconds: int
+    allow_query_token: bool
+    cors_origins: tuple[str, ...]
+    trust_proxy_headers: bool
+    log_level: str
+    log_format: str
+    dev_insecure: bool
+    max_header_bytes: int
+    max_url_bytes: int
+    max_id_length: int
+    max_body_bytes: int
+    header_timeout_seconds: float
+    idle_timeout_seconds: float
+    max_connections_per_ip: int
+    max_message_bytes: int
+    stream_buffer_bytes: int
+    replay_memory_bytes: int
+    mint_rate: tuple[int, float]
+    auth_sweep_seconds: float
+    session_max_seconds: int
+    cookie_secure: bool
+    cap_bucket: str
+    cap_lease_seconds: float
+    nats_user: str
+    nats_password: str = field(repr=False)
+    nats_token: str = field(repr=False)
+    nats_creds_file: str
+    nats_nkey_seed_file: str
+    nats_tls_ca_file: str
+    nats_tls_cert_file: str
+    nats_tls_key_file: str
+    jwt_public_key: str = field(repr=False)
     jwt_secret_ephemeral: bool = False
 
     def __repr__(self) -> str:  # never print the secret
-        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("jwt_secret", "jwt_public_key")}
+        hidden = ("jwt_secret", "jwt_public_key", "nats_password", "nats_token")
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         return f"Config({shown}, jwt_secret={'***' if self.jwt_secret else ''!r})"
+
+
+def settings_markdown() -> str:
+    """The README's configuration table, from SETTINGS (``python -m lurestream.config`` prints it;
+    tests/test_readme.py checks the README holds exactly this)."""
+    lines = ["| setting | default | meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else "empty"
+        lines.append(f"| `{s.env}` | {default} | {s.help} |")
+    return "\n".join(lines)
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """Add one ``--flag`` per setting; defaults stay None so the environment can fill the gaps."""
     for s in SETTINGS:
+        text = s.help.replace("%", "%%")  # argparse formats help with %
         parser.add_argument(
-            s.flag, dest=s.name, default=None, metavar="VALUE", help=f"{s.help} [{s.env}, default {s.default!r}]"
+            s.flag, dest=s.name, default=None, metavar="VALUE", help=f"{text} [{s.env}, default {s.default!r}]"
         )
 
 
@@ -392,3 +598,7 @@ def _render(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     return str(value)
+
+
+if __name__ == "__main__":
+    print(settings_markdown())

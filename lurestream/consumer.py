@@ -68,6 +68,7 @@ class StreamConsumer:
         self._subscribed_at = 0.0
         self._watcher: asyncio.Task[None] | None = None
         self._check_now = asyncio.Event()
+        self._replace = False  # the consumer is to be replaced (after a reconnect)
         self.on_open: Callable[[], Awaitable[None]] | None = None  # a late start succeeded
 
     # -- life --------------------------------------------------------------------------------------------
@@ -77,7 +78,8 @@ class StreamConsumer:
         trying (a NATS server whose JetStream starts seconds after it accepts connections, a stream
         created later by ``init-nats``) and calls ``on_open`` once it succeeds."""
         self._nc = nc
-        self.js = nc.jetstream()
+        # API calls time out in 2 s, not nats.py's 5: a retry on the next pass is quicker than a long wait
+        self.js = nc.jetstream(timeout=INFO_TIMEOUT_SECONDS)
         opened = await self._open(fresh_process=True)
         self._watcher = asyncio.ensure_future(self._watch())
         return opened
@@ -109,6 +111,14 @@ class StreamConsumer:
         """Read the stream's info at the next tick (after a reconnect: JetStream may not be back yet)."""
         self.problem = self.problem or NOT_CHECKED
         self._check_now.set()
+
+    def reconnected(self) -> None:
+        """The connection moved (a server restarted, paused or partitioned): the ordered consumer nats.py
+        restored may have lived on the server that went away, and nats.py would notice only after its
+        heartbeats stop. The watch replaces it at once, from the last position (no gap; a repeat is
+        dropped by sequence) — not here: nats.py waits for its reconnect callback."""
+        self._replace = True
+        self.check_soon()
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -192,7 +202,8 @@ class StreamConsumer:
                 pass
             now = time.monotonic()
             silent = self._silent_for(now)
-            if self._check_now.is_set() or now >= next_check or silent > 2.5 * IDLE_HEARTBEAT_SECONDS:
+            waiting = (self._sub is None or self._replace) and bool(self.hub.epoch)  # to be replaced: every pass
+            if self._check_now.is_set() or now >= next_check or waiting or silent > 2.5 * IDLE_HEARTBEAT_SECONDS:
                 self._check_now.clear()
                 next_check = now + CHECK_SECONDS
                 try:
@@ -214,7 +225,7 @@ class StreamConsumer:
         nc = self._nc
         if nc is None or not nc.is_connected or self.js is None:
             return  # the bus state says it (readiness); checked again after the reconnect
-        if self._sub is None:  # JetStream was unusable when the bus came up: try again
+        if self._sub is None and not self.hub.epoch:  # JetStream was unusable when the bus came up
             if await self._open(fresh_process=True) and self.on_open is not None:
                 await self.on_open()
             return
@@ -226,24 +237,34 @@ class StreamConsumer:
         except (asyncio.TimeoutError, Exception) as exc:
             self._set_problem(f"{JETSTREAM_UNAVAILABLE}: {type(exc).__name__}")
             return
+        # Only the creation time tells a new stream: a replica that is behind (a leader change in a cluster)
+        # reports a last sequence below ours for the same stream.
         epoch = eventids.stream_epoch(self.name, info.created)
-        if epoch != self.hub.epoch or int(info.state.last_seq or 0) < (self.hub.position or 0):
-            log.warning(
-                "JetStream stream %s was re-created (epoch %s, was %s): reading it from its first message; "
-                "ids of the old stream are not resumed",
-                self.name,
-                epoch,
-                self.hub.epoch,
-            )
-            self.recreations += 1
-            await self._unsubscribe()
-            self._begin(info, fresh_process=False)
-            await self._subscribe()
-        elif self._silent_for(time.monotonic()) > STALL_SECONDS:
-            self._set_problem(CONSUMER_STALLED)
-            log.warning("JetStream consumer silent for %.0fs; replacing it", STALL_SECONDS)
-            await self._unsubscribe()
-            await self._subscribe()
+        try:
+            if epoch != self.hub.epoch:
+                log.warning(
+                    "JetStream stream %s was re-created (epoch %s, was %s): reading it from its first message; "
+                    "ids of the old stream are not resumed",
+                    self.name,
+                    epoch,
+                    self.hub.epoch,
+                )
+                self.recreations += 1
+                await self._unsubscribe()
+                self._begin(info, fresh_process=False)
+                await self._subscribe()
+            elif self._sub is None or self._replace:  # after a reconnect, or a replacement that failed
+                self._replace = False
+                await self._unsubscribe()
+                await self._subscribe()
+            elif self._silent_for(time.monotonic()) > STALL_SECONDS:
+                self._set_problem(CONSUMER_STALLED)
+                log.warning("JetStream consumer silent for %.0fs; replacing it", STALL_SECONDS)
+                await self._unsubscribe()
+                await self._subscribe()
+                return
+        except Exception as exc:  # JetStream not fully back (no leader yet): the next pass tries again
+            self._set_problem(f"{JETSTREAM_UNAVAILABLE}: {type(exc).__name__}")
             return
         self._set_problem(None)
 

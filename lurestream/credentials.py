@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Any
 
-from lurestream.auth import password_change_required, user_refusal
+from lurestream.auth import Authenticator, password_change_required, user_refusal
 from lurestream.store import Store, StoreUnavailable
 from lurestream.writer import FORBIDDEN, REVOKED, LiveStream, LiveWriter
 
@@ -30,9 +30,17 @@ BATCH = 1000  # users or jtis per query
 class CredentialSweep:
     """Registered in the writer's sweep; starts one check every ``interval`` seconds, never two at once."""
 
-    def __init__(self, writer: LiveWriter, store: Store, stream_roles: tuple[str, ...], interval: float) -> None:
+    def __init__(
+        self,
+        writer: LiveWriter,
+        store: Store,
+        stream_roles: tuple[str, ...],
+        interval: float,
+        auth: Authenticator | None = None,
+    ) -> None:
         self.writer = writer
         self.store = store
+        self.auth = auth  # told what each pass read, so a credential just ended is refused at once
         self.stream_roles = stream_roles
         self.interval = interval
         self.queries = 0  # store queries made (tests check they do not grow with the number of streams)
@@ -66,6 +74,8 @@ class CredentialSweep:
             log.warning("credential sweep skipped: %s", exc)
             return
         self.passes += 1
+        if self.auth is not None:
+            self.auth.learn({uuid: users.get(uuid) for uuid in {s.user for s in streams}}, revoked)
         for stream in streams:
             reason = self.verdict(stream, users.get(stream.user), revoked)
             if reason is None and stream.session and stream.session not in sessions:

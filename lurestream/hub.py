@@ -490,8 +490,8 @@ class Hub:
     async def _reconnected_cb(self) -> None:
         self.stats.reconnects += 1
         self._set_connected(True)
-        if self.consumer is not None:
-            self.consumer.check_soon()  # JetStream may need a few seconds more than the connection
+        if self.consumer is not None:  # its server-side consumer may have gone with the old server
+            self.consumer.reconnected()
         log.info("NATS reconnected; subscriptions restored")
 
     async def close(self) -> None:

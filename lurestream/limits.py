@@ -27,6 +27,11 @@ class Slots(Protocol):
 
     def held(self, uuid: str | None = None) -> int: ...
 
+    def wait_hint(self, uuid: str, reconnecting: bool) -> float | None:
+        """After ``try_acquire`` refused: seconds after which the refusal may clear on its own (the client
+        is told to retry then), or None when it is final (a 429)."""
+        ...
+
 
 class ConnectionLimiter:
     """At most ``max_per_user`` concurrent streams per user uuid in this process."""
@@ -58,6 +63,16 @@ class ConnectionLimiter:
         if uuid is None:
             return sum(self._held.values())
         return self._held.get(uuid, 0)
+
+    def users(self) -> list[str]:
+        """The users holding a slot now."""
+        return list(self._held)
+
+    def wait_hint(self, uuid: str, reconnecting: bool) -> float | None:
+        """A reconnect at the cap may be counted against its own old stream, whose close this process
+        has not seen yet (a half-open connection ends at the next keepalive or send timeout): retry soon.
+        A first connect at the cap is refused for good."""
+        return 2.0 if reconnecting else None
 
 
 class MintRate:

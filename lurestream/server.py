@@ -116,12 +116,15 @@ class Services:
         )
         the_hub.on_delivered = writer.note_delivered
         the_hub.on_epoch.append(writer.epoch_changed)
-        writer.checks.append(CredentialSweep(writer, the_store, config.stream_roles, config.auth_sweep_seconds))
+        auth = Authenticator(config, the_store)
+        writer.checks.append(
+            CredentialSweep(writer, the_store, config.stream_roles, config.auth_sweep_seconds, auth=auth)
+        )
         return cls(
             config,
             the_store,
             the_hub,
-            Authenticator(config, the_store),
+            auth,
             limiter,
             metrics,
             tracer or trace.get_tracer("lurestream"),

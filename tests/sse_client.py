@@ -83,7 +83,7 @@ class SSEClient:
     async def body(self, timeout: float = 10.0) -> bytes:
         """The whole body of a non-streaming response."""
         if "content-length" in self.headers:
-            return await asyncio.wait_for(self.reader.readexactly(int(self.headers["content-length"])), timeout)
+            return await asyncio.wait_for(self._read_chunk(), timeout) or b""
         chunks = []
         while True:
             chunk = await asyncio.wait_for(self._read_chunk(), timeout)
@@ -95,6 +95,11 @@ class SSEClient:
         return json.loads(await self.body(timeout))
 
     async def _read_chunk(self) -> bytes | None:
+        if "content-length" in self.headers:  # a complete response (e.g. the `unavailable` answer): one chunk
+            if self._body_done:
+                return None
+            self._body_done = True
+            return await self.reader.readexactly(int(self.headers["content-length"]))
         size_line = await self.reader.readuntil(b"\r\n")
         size = int(size_line.split(b";")[0].strip(), 16)
         if size == 0:
@@ -134,6 +139,23 @@ class SSEClient:
             frame = await self.next_frame(max(deadline - loop.time(), 0.001))
             if not frame.is_keepalive:
                 return frame
+
+    async def unavailable(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """The data of the server's "retry later" answer (200, ``retry:``, ``event: unavailable``, end of the
+        response: a refusal that clears on its own), or None when this response is not one."""
+        if self.status != 200 or "content-length" not in self.headers:
+            return None
+        frames = []
+        while True:
+            try:
+                frames.append(await self.next_frame(timeout))
+            except EOFError:
+                break
+        assert frames and frames[0].retry is not None, frames
+        assert frames[-1].event == "unavailable", frames
+        data: dict[str, Any] = frames[-1].json()
+        assert int(frames[0].retry) == data["retry_ms"], (frames, data)
+        return data
 
     async def start_stream(self, timeout: float = 5.0) -> Frame:
         """Read the opening keepalive and return the snapshot frame."""

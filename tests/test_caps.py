@@ -30,7 +30,8 @@ def _ready(port: int) -> dict:
 
 async def _open(port: int, token: str) -> SSEClient:
     client = await SSEClient.open(port, f"{STREAM}?token={token}")
-    if client.status == 200:
+    client.waited = await client.unavailable()  # type: ignore[attr-defined]
+    if client.status == 200 and client.waited is None:  # type: ignore[attr-defined]
         await client.start_stream()
     return client
 
@@ -59,16 +60,22 @@ async def test_the_cap_holds_across_processes_and_a_killed_process_frees_its_slo
     one.signal(signal.SIGKILL)
     one.wait()
     killed = time.monotonic()
-    assert (await _open(two.port, token)).status == 429, "until the lease runs out, the slots stay counted"
-    opened = []
+    assert (await _open(two.port, token)).status == 429, "while its heartbeat is fresh, its slots count in full"
+    opened, waits = [], []
     while len(opened) < 4:
         assert time.monotonic() - killed < 3 + 3, "freed within CAP_LEASE_SECONDS (plus a heartbeat)"
         client = await _open(two.port, token)
-        if client.status == 200:
+        if client.status == 200 and client.waited is None:  # type: ignore[attr-defined]
             opened.append(client)
+            continue
+        if client.status == 200:  # its heartbeat is late: the refusal will clear by itself, so retry
+            waits.append(client.waited)  # type: ignore[attr-defined]
+            assert waits[-1]["status"] == 429 and 0 < waits[-1]["retry_ms"] <= 3 * 1250, waits[-1]
         else:
-            client.close()
-            await asyncio.sleep(0.25)
+            assert client.status == 429
+        client.close()
+        await asyncio.sleep(0.25)
+    assert waits, "once its heartbeat is late, a native EventSource is told to retry, not refused for good"
     for client in held + opened:
         client.close()
 
@@ -96,3 +103,60 @@ def test_without_a_bus_the_cap_is_per_process():
     assert cap.try_acquire("u") and cap.try_acquire("u") and not cap.try_acquire("u")
     cap.release("u")
     assert cap.held("u") == 1 and cap.held() == 1
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_deleted_cap_bucket_is_recreated_and_repopulated(start_server, js_stream, nats_service):
+    """Deleted under running processes, the bucket was never re-created: a user opened 15 streams with a
+    cap of 5 while /readyz said "cap": "cluster"."""
+    import nats as nats_client
+
+    bucket = f"caps_{js_stream}"
+    settings = dict(jetstream=js_stream, cap_bucket=bucket, cap_lease_seconds=3, sse_max_per_user=5)
+    one, two = start_server(**settings), start_server(**settings)
+    token = mint_token(config_from({"jwt_secret": SECRET}), VIEWER)
+    held = [await _open(one.port, token) for _ in range(3)] + [await _open(two.port, token) for _ in range(2)]
+    assert [c.status for c in held] == [200] * 5
+    nc = await nats_client.connect(nats_service.url)
+    try:
+        await nc.jetstream().delete_key_value(bucket)
+        deadline = time.monotonic() + 3 + 1  # CAP_LEASE_SECONDS, plus a heartbeat's slack
+        while not (
+            await _bucket_holds(nc, bucket, 5) and all(_ready(p)["cap"] == "cluster" for p in (one.port, two.port))
+        ):
+            assert time.monotonic() < deadline, "re-created and repopulated within CAP_LEASE_SECONDS"
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+    await asyncio.sleep(0.3)  # each process hears the other's republished counts
+    for port in (one.port, two.port):
+        refused = await _open(port, token)
+        assert refused.status == 429, "the cap holds again across the processes"
+        refused.close()
+    for client in held:
+        client.close()
+
+
+async def _bucket_holds(nc, bucket: str, streams: int) -> bool:
+    """Whether the bucket exists and its per-process counts add up to ``streams``."""
+    try:
+        kv = await nc.jetstream().key_value(bucket)
+        keys = await kv.keys()
+    except Exception:
+        return False
+    counts = [int((await kv.get(k)).value or 0) for k in keys if k.startswith("u.")]
+    return sum(counts) == streams
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(sse_max_per_user=1)
+async def test_a_reconnect_at_the_cap_is_told_to_wait_a_first_connect_is_refused(ls):
+    """A reconnect's old slot may still be counted (its close not yet seen, or on a process that died): a
+    429 would stop a native EventSource for good, so it is told to retry; a new connect gets the 429."""
+    held = await ls.attacker(A)
+    first = await ls.open(STREAM, token=ls.token())
+    assert first.status == 429 and await first.json() == {"detail": "SSE connection limit (1) reached"}
+    reconnect = await ls.open(STREAM, token=ls.token(), headers={"Last-Event-ID": "abcdefgh-1"})
+    waited = await reconnect.unavailable()
+    assert waited is not None and waited["status"] == 429 and 1000 <= waited["retry_ms"] <= 2500, waited
+    held.close()

@@ -265,3 +265,76 @@ async def test_signing_out_a_session_ends_every_stream_it_opened(ls):
     assert [await end_of(tab) for tab in tabs] == ["revoked", "revoked"]
     await ls.publish("attacker.observation.ja3", {"attacker_uuid": A, "n": 1})
     assert (await other.next_event()).json()["payload"]["n"] == 1, "another session of the same user goes on"
+
+
+# -- SPEC §16: a ticket never outlives its credential; an ended credential is refused at once --------------
+def _jti(token: str) -> str:
+    import jwt
+
+    return str(jwt.decode(token, options={"verify_signature": False})["jti"])
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.lurestream(auth_cache_seconds=0)  # the check itself; cached look-ups are ≤ AUTH_CACHE_SECONDS old
+@pytest.mark.parametrize("change", ["revoked", "deleted", "demoted", "password", "tokens_valid_from"])
+async def test_a_ticket_is_refused_once_its_credential_no_longer_holds(ls, change):
+    """A ticket opened a stream 55 s after its jti was revoked and its user deleted (role and password
+    checks skipped too): redeeming it skipped every check a JWT gets."""
+    token = ls.token()
+    response = await ls.fetch("POST", "/api/v1/auth/sse-ticket", bearer=token)
+    ticket = json.loads(response.body)["ticket"]
+    if change == "revoked":
+        ls.db.revoked_tokens.insert_one({"_id": _jti(token), "expires_at": datetime.now(timezone.utc)})
+    elif change == "deleted":
+        ls.db.users.delete_one({"_id": VIEWER})
+    elif change == "demoted":
+        ls.db.users.update_one({"_id": VIEWER}, {"$set": {"role": "guest"}})
+    elif change == "password":
+        ls.db.users.update_one({"_id": VIEWER}, {"$set": {"must_change_password": True}})
+    else:
+        later = datetime.now(timezone.utc) + timedelta(seconds=5)
+        ls.db.users.update_one({"_id": VIEWER}, {"$set": {"tokens_valid_from": later}})
+    refused = await ls.open(STREAM, query={"ticket": ticket})
+    expected = 403 if change in ("demoted", "password") else 401
+    assert refused.status == expected, (change, refused.status)
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.lurestream(auth_cache_seconds=10)
+async def test_a_revoked_jwt_mints_nothing_inside_the_auth_cache(ls):
+    """The revocation was cached for 10 s: a revoked JWT minted 3 more tickets meanwhile."""
+    token = ls.token()
+    client = await ls.open(STREAM, token=token)  # caches the user and "not revoked"
+    await client.start_stream()
+    ls.db.revoked_tokens.insert_one({"_id": _jti(token), "expires_at": datetime.now(timezone.utc)})
+    ticket = await ls.fetch("POST", "/api/v1/auth/sse-ticket", bearer=token)
+    session = await ls.fetch("POST", "/api/v1/auth/sse-session", bearer=token)
+    assert (ticket.code, session.code) == (401, 401)
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.lurestream(auth_sweep_seconds=0.3, auth_cache_seconds=10)
+async def test_once_a_stream_ended_for_a_credential_the_process_refuses_it_at_once(ls):
+    """Right after `event: end` `revoked`, the same credential opened a new stream on that process (its
+    cached 'not revoked' had seconds to live)."""
+    token = ls.token()
+    client = await ls.open(STREAM, token=token)
+    await client.start_stream()
+    ls.db.revoked_tokens.insert_one({"_id": _jti(token), "expires_at": datetime.now(timezone.utc)})
+    assert await end_of(client) == "revoked"
+    again = await ls.open(STREAM, token=token)
+    assert again.status == 401
+    demoted = await ls.attacker(A, user=SECOND_VIEWER)
+    ls.db.users.update_one({"_id": SECOND_VIEWER}, {"$set": {"role": "guest"}})
+    assert await end_of(demoted) == "forbidden"
+    assert (await ls.open(STREAM, token=ls.token(SECOND_VIEWER))).status == 403
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_ticket_that_is_not_utf8_never_reaches_the_log(ls, caplog):
+    """`?ticket=<43 characters>%ff` logged 40 of its 43 characters (Tornado's 400 quoted the value)."""
+    ticket = await ls.ticket()
+    refused = await ls.open(f"{STREAM}?ticket={ticket}%ff")
+    assert refused.status == 400
+    assert await refused.json() == {"detail": "Invalid unicode in ticket"}
+    assert ticket[:8] not in caplog.text, caplog.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 import re
 
-from lurestream.config import SETTINGS
+from lurestream.config import SETTINGS, settings_markdown
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -26,3 +26,10 @@ def test_readme_opens_with_demo_then_test_command_and_ci_runs_the_test_command()
 def test_every_setting_is_documented():
     for s in SETTINGS:
         assert s.env in README, f"{s.env} missing from the README's configuration table"
+
+
+def test_the_settings_table_is_the_one_generated_from_the_settings():
+    """Each setting's default and meaning live once, in lurestream/config.py; the README shows them."""
+    begin = README.index("<!-- settings table:")
+    table = README[README.index("\n", begin) + 1 : README.index("\n<!-- end of settings table -->")]
+    assert table == settings_markdown(), "regenerate it: python -m lurestream.config"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 import tornado.web
@@ -16,6 +17,7 @@ import tornado.web
 from lurestream.auth import INVALID_CREDENTIALS, NOT_AUTHENTICATED, Authenticator, AuthError, Identity
 from lurestream.config import Config
 from lurestream.limits import RequestCounter
+from lurestream.metrics import Metrics
 from lurestream.redact import redact, redact_url
 from lurestream.store import StoreUnavailable
 
@@ -26,14 +28,28 @@ SESSION_COOKIE = "lurestream_session"
 
 
 class ApiError(tornado.web.HTTPError):
-    """An error answered as ``{"detail": detail}`` with ``status``."""
+    """An error answered as ``{"detail": detail}`` with ``status``.
+
+    ``retry_after`` (seconds) marks a refusal that clears on its own (the store unreachable, slots of a
+    process that died): JSON answers carry ``Retry-After``, and a stream endpoint answers a client that
+    asked for ``text/event-stream`` with a retry instead of a status a native EventSource would treat as
+    final (``StreamHandler.write_error``).
+    """
 
     def __init__(
-        self, status: int, detail: str, log_message: str | None = None, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        detail: str,
+        log_message: str | None = None,
+        headers: dict[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(status, log_message=redact(log_message or detail).replace("%", "%%"))
         self.detail = detail
         self.headers = headers or {}
+        self.retry_after = retry_after
+        if retry_after is not None:
+            self.headers.setdefault("Retry-After", str(max(1, math.ceil(retry_after))))
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -44,6 +60,7 @@ class BaseHandler(tornado.web.RequestHandler):
     accept_ticket = False
     accept_session = False  # the browser session cookie (SPEC §12): streams and picker lists only
     accept_query_token = False
+    fresh_credentials = False  # read the user and revocation from the store, not the cache (minting)
 
     def initialize(self, config: Config, auth: Authenticator, **services: Any) -> None:
         self.config = config
@@ -83,8 +100,18 @@ class BaseHandler(tornado.web.RequestHandler):
             if metrics is not None:
                 metrics.auth_failure(exc.status, exc.reason)
             raise ApiError(exc.status, exc.detail, f"auth refused: {exc.reason}") from None
-        except StoreUnavailable as exc:
-            raise ApiError(503, STORE_UNAVAILABLE, str(exc)) from None
+
+    def store_unavailable(self, exc: StoreUnavailable) -> ApiError:
+        """The one answer to a store that did not answer: 503, and retry (it clears on its own)."""
+        return ApiError(503, STORE_UNAVAILABLE, str(exc), retry_after=self.config.retry_ms / 1000)
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """Tornado's decoding, but its 400 for bytes that are not UTF-8 quoted the first 40 bytes of the
+        value in the log line — a ticket's or token's (no ``=`` left for redaction to find)."""
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, f"Invalid unicode in {name or 'url'}") from None
 
     async def _authenticate(self) -> Identity:
         """Credentials in SPEC §5.1/§12 order: Bearer header, ?ticket=, the session cookie, ?token=."""
@@ -93,7 +120,7 @@ class BaseHandler(tornado.web.RequestHandler):
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise AuthError(401, INVALID_CREDENTIALS, "malformed Authorization header")
-            return await self.auth.authenticate_token(token.strip())
+            return await self.auth.authenticate_token(token.strip(), fresh=self.fresh_credentials)
         if self.accept_ticket:
             ticket: str | None = self.get_query_argument("ticket", None)
             if ticket:
@@ -115,12 +142,25 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(json.dumps(body, separators=(",", ":")))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        write_json_error(self, status_code, **kwargs)
+        """Every error, once: a ``StoreUnavailable`` anywhere in a handler is the 503 of
+        ``store_unavailable`` (Tornado's idiom: exceptions rise to here, no try/except per call site)."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, StoreUnavailable):
+            exc = self.store_unavailable(exc)
+            status_code = exc.status_code
+            self.set_status(status_code)
+        if self.metrics is not None and status_code == 503 and isinstance(exc, ApiError) and exc.retry_after:
+            self.metrics.http_refused.labels("store_unavailable").inc()
+        self.write_api_error(status_code, exc if isinstance(exc, ApiError) else None)
+
+    def write_api_error(self, status_code: int, error: ApiError | None) -> None:
+        write_json_error(self, status_code, error)
 
     # -- in-flight requests (a drain waits for them) --------------------------------------------------
     _tracked = False
 
     requests: RequestCounter | None = None  # from the route's services (absent for static files)
+    metrics: Metrics | None = None
 
     def _track(self) -> None:
         if self.requests is not None and not self._tracked:
@@ -138,8 +178,11 @@ class BaseHandler(tornado.web.RequestHandler):
         self.untrack()
 
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
-        """A refused request (an HTTPError) is said once, on its access line (``refusal``); anything
-        else is Tornado's error with its traceback."""
+        """A refused request (an HTTPError, or the store not answering) is said once, on its access line
+        (``refusal``); anything else is Tornado's error with its traceback."""
+        if isinstance(value, StoreUnavailable):
+            self.refusal = f"{STORE_UNAVAILABLE}: {value}"
+            return
         if isinstance(value, tornado.web.HTTPError):
             message = value.get_message() or ""
             self.refusal = message if value.args else message.replace("%%", "%")  # see ApiError
@@ -158,17 +201,14 @@ def allowed_methods(handler: tornado.web.RequestHandler) -> list[str]:
     return [m for m in cls.SUPPORTED_METHODS if getattr(cls, m.lower()) is not getattr(base, m.lower())]
 
 
-def write_json_error(handler: tornado.web.RequestHandler, status_code: int, **kwargs: Any) -> None:
+def write_json_error(handler: tornado.web.RequestHandler, status_code: int, exc: ApiError | None = None) -> None:
     """Every error leaves as ``{"detail": ...}`` JSON (SPEC §1); a 405 names what is allowed."""
-    exc = kwargs.get("exc_info", (None, None, None))[1]
-    detail = exc.detail if isinstance(exc, ApiError) else (handler._reason or "Internal Server Error")
+    detail = exc.detail if exc is not None else (handler._reason or "Internal Server Error")
     if status_code == 401:
         handler.set_header("WWW-Authenticate", "Bearer")
     if status_code == 405:
         handler.set_header("Allow", ", ".join(allowed_methods(handler)))
-    if status_code == 503 and getattr(handler, "metrics", None) is not None:
-        handler.metrics.http_refused.labels("store_unavailable").inc()  # type: ignore[attr-defined]
-    if isinstance(exc, ApiError):
+    if exc is not None:
         for name, value in exc.headers.items():
             handler.set_header(name, value)
     handler.set_header("Content-Type", "application/json")

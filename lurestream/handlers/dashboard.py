@@ -38,7 +38,7 @@ class DashboardHandler(tornado.web.StaticFileHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.clear_header("Content-Security-Policy")
-        write_json_error(self, status_code, **kwargs)
+        write_json_error(self, status_code)
 
     def set_extra_headers(self, path: str) -> None:
         self.set_header("Cache-Control", "no-cache")

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from lurestream import sse
-from lurestream.handlers.base import STORE_UNAVAILABLE, ApiError, BaseHandler
-from lurestream.store import Store, StoreUnavailable
+from lurestream.handlers.base import ApiError, BaseHandler
+from lurestream.store import Store
 
 MAX_LIMIT = 200
 
@@ -33,10 +33,7 @@ class DirectoryHandler(BaseHandler):
 
     async def get(self) -> None:
         limit = self._limit()
-        try:
-            items = await self.list(limit)
-        except StoreUnavailable as exc:
-            raise ApiError(503, STORE_UNAVAILABLE, str(exc)) from None
+        items = await self.list(limit)
         self.set_header("Cache-Control", "no-store")
         self.set_header("Content-Type", "application/json")
         self.finish(sse.dumps({"items": items}))

@@ -12,16 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 from lurestream.auth import AuthError
-from lurestream.handlers.base import SESSION_COOKIE, STORE_UNAVAILABLE, ApiError, BaseHandler
+from lurestream.handlers.base import SESSION_COOKIE, ApiError, BaseHandler
 from lurestream.handlers.tickets import check_mint_rate
 from lurestream.limits import MintRate
 from lurestream.metrics import Metrics
-from lurestream.store import StoreUnavailable
 
 COOKIE_PATH = "/api/v1/"
 
 
 class SessionHandler(BaseHandler):
+    fresh_credentials = True  # a JWT revoked a moment ago mints nothing (SPEC §16)
     mint_rate: MintRate
     metrics: Metrics
 
@@ -37,8 +37,6 @@ class SessionHandler(BaseHandler):
             secret, max_age = await self.auth.mint_session(self.identity)
         except AuthError as exc:  # the JWT expires within the second
             raise ApiError(exc.status, exc.detail, exc.reason) from None
-        except StoreUnavailable as exc:
-            raise ApiError(503, STORE_UNAVAILABLE, str(exc)) from None
         self._set_session_cookie(secret, max_age)
         self.set_header("Cache-Control", "no-store")
         self.set_status(204)
@@ -46,10 +44,7 @@ class SessionHandler(BaseHandler):
     async def delete(self) -> None:
         secret = self.get_cookie(SESSION_COOKIE)
         if secret:
-            try:
-                await self.auth.end_session(secret)
-            except StoreUnavailable as exc:
-                raise ApiError(503, STORE_UNAVAILABLE, str(exc)) from None
+            await self.auth.end_session(secret)
         # cleared in the browser whether or not it was known (an expiry in the past, same name and path)
         self.clear_cookie(
             SESSION_COOKIE, path=COOKIE_PATH, httponly=True, samesite="Strict", secure=self.config.cookie_secure

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ from lurestream import eventids, sse
 from lurestream.batching import StoreReads
 from lurestream.cache import TTLCache
 from lurestream.edge import GuardedStream
-from lurestream.handlers.base import STORE_UNAVAILABLE, ApiError, BaseHandler
+from lurestream.handlers.base import ApiError, BaseHandler
 from lurestream.hub import Hub
 from lurestream.limits import Slots
 from lurestream.metrics import Metrics
@@ -94,6 +95,30 @@ class StreamHandler(BaseHandler):
                 raise
             span.set_attribute("lurestream.outcome", "ok")
 
+    # -- refusals that clear on their own ------------------------------------------------------------
+    def write_api_error(self, status_code: int, error: ApiError | None) -> None:
+        """A refusal that clears on its own (``retry_after``: the store unreachable, the slots of a process
+        that died, a reconnect whose old slot is still counted), asked for by an SSE client, is answered
+        200 with ``retry:`` and an ``unavailable`` frame, then the end of the response: a native
+        EventSource treats any other status as final and would never reconnect (docs/protocol.md,
+        "Waiting instead of an error"). Everyone else gets the JSON error with ``Retry-After``."""
+        if (
+            error is None
+            or error.retry_after is None
+            or "text/event-stream" not in self.request.headers.get("Accept", "")
+        ):
+            super().write_api_error(status_code, error)
+            return
+        retry_ms = int(error.retry_after * 1000 * random.uniform(0.75, 1.25))  # spread the reconnects
+        self.set_status(200)
+        for name in ("Retry-After", "WWW-Authenticate"):
+            self.clear_header(name)
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        data = {"status": status_code, "detail": error.detail, "retry_ms": retry_ms}
+        self.finish(sse.retry_frame(retry_ms) + sse.encode_frame("unavailable", sse.dumps(data)))
+
     def _child(self, name: str, parent: Span | None = None) -> Any:
         parent = parent or self._span
         if parent is None:
@@ -127,16 +152,17 @@ class StreamHandler(BaseHandler):
             span.set_attribute("lurestream.stream.key", resource_id)
             try:
                 resource = await self._load_cached(resource_id)
-            except StoreUnavailable as exc:
+            except StoreUnavailable:
                 span.set_attribute("lurestream.outcome", "store_unavailable")
-                raise ApiError(503, STORE_UNAVAILABLE, str(exc)) from None
+                raise
             span.set_attribute("lurestream.outcome", "found" if resource is not None else "not_found")
         if resource is None:
             raise ApiError(404, self.not_found)
         user = self.identity.uuid
         if not self.limiter.try_acquire(user):
-            self.metrics.http_refused.labels("user_cap").inc()
-            raise ApiError(429, f"SSE connection limit ({self.limiter.max_per_user}) reached")
+            wait = self.limiter.wait_hint(user, reconnecting=self.last_event_id() is not None)
+            self.metrics.http_refused.labels("user_cap" if wait is None else "user_cap_wait").inc()
+            raise ApiError(429, f"SSE connection limit ({self.limiter.max_per_user}) reached", retry_after=wait)
         try:
             live = self._hand_off(resource)
         except StreamClosedError:  # the client left before its stream began: nothing to answer

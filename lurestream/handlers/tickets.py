@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lurestream.handlers.base import STORE_UNAVAILABLE, ApiError, BaseHandler
+from lurestream.handlers.base import ApiError, BaseHandler
 from lurestream.limits import MintRate
 from lurestream.metrics import Metrics
-from lurestream.store import StoreUnavailable
 
 TOO_MANY_MINTS = "Too many ticket requests"
 
@@ -22,16 +21,14 @@ def check_mint_rate(mint_rate: MintRate, metrics: Metrics, user: str) -> None:
 
 class TicketHandler(BaseHandler):
     auth_required = True  # Bearer header only: no ticket, no ?token=
+    fresh_credentials = True  # a JWT revoked a moment ago mints nothing (SPEC §16)
     mint_rate: MintRate
     metrics: Metrics
 
     async def post(self) -> None:
         assert self.identity is not None
         check_mint_rate(self.mint_rate, self.metrics, self.identity.uuid)
-        try:
-            ticket, ttl = await self.auth.mint_ticket(self.identity)
-        except StoreUnavailable as exc:
-            raise ApiError(503, STORE_UNAVAILABLE, str(exc)) from None
+        ticket, ttl = await self.auth.mint_ticket(self.identity)
         self.set_header("Cache-Control", "no-store")
         self.write_json({"ticket": ticket, "expires_in": ttl})
 

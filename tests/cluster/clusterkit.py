@@ -614,6 +614,8 @@ class Publisher:
             reconnect_time_wait=0.2,
             connect_timeout=2,
             error_cb=_quiet,
+            ping_interval=1,  # a paused node is left in seconds, as a lurestream host leaves it
+            max_outstanding_pings=2,
         )
 
     async def publish(self, n: int) -> int:
@@ -844,6 +846,10 @@ class Follower:
                 ended = await self._session(address, port)
             except asyncio.CancelledError:
                 raise
+            except Waited as exc:  # told to retry (a refusal that clears on its own): as EventSource does
+                self.refusals[f"wait_{exc.status}"] += 1
+                await self._sleep(exc.retry_ms / 1000)
+                continue
             except Exception as exc:  # refused, reset, timeout, 429/503: the next host, at once
                 self.refusals[_reason(exc)] += 1
                 refused_in_a_row += 1
@@ -879,6 +885,12 @@ class Follower:
             status = int(head.split(b" ", 2)[1])
             if status != 200:
                 raise Refused(status)
+            length = _content_length(head)
+            if length is not None:  # the "retry later" answer: `retry:` and `event: unavailable`, then the end
+                body = (await asyncio.wait_for(reader.readexactly(length), self.connect_timeout)).decode()
+                event, data, _id, retry = _fields(body.split("\n\n", 1)[1].strip("\n"))
+                assert event == "unavailable" and data is not None, body
+                raise Waited(int(json.loads(data)["status"]), int(body.split("\n", 1)[0].removeprefix("retry: ")))
             session = Session(f"{address}:{port}", time.time())
             self.sessions.append(session)
             await self._read_stream(reader, session, len(self.sessions) - 1)
@@ -952,6 +964,23 @@ class Refused(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(f"HTTP {status}")
         self.status = status
+
+
+class Waited(Exception):
+    """The server's 200 "retry later" answer (a refusal that clears on its own): what status, how long."""
+
+    def __init__(self, status: int, retry_ms: int) -> None:
+        super().__init__(f"wait {status} for {retry_ms} ms")
+        self.status = status
+        self.retry_ms = retry_ms
+
+
+def _content_length(head: bytes) -> int | None:
+    for line in head.decode("latin-1").split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            return int(value.strip())
+    return None
 
 
 def _reason(exc: BaseException) -> str:
