@@ -12,8 +12,13 @@ depends on, so that nothing can make the process blind without it saying so:
 - **Progress.** The ordered consumer gets a heartbeat every second when idle; nothing at all for
   ``STALL_SECONDS`` means it is stuck (a reset that failed while the stream was away, a paused node): it is
   replaced from the last position, and readiness says so meanwhile.
+- **Storage.** A full disk does not make JetStream unavailable (nats-server 2.14 keeps answering and
+  refuses each store; 2.9 stops answering): every ``PROBE_SECONDS`` the process stores a small message in
+  a probe stream of its own (``<stream>_probe``, one message per process kept) on the same servers; a
+  refused or unanswered store means events published now are lost to every dashboard.
 - **Readiness.** :attr:`problem` names what is wrong now (``stream missing``, ``jetstream unavailable``,
-  ``consumer stalled``), or is None; ``/readyz`` reports it (503) and clears on its own on recovery.
+  ``consumer stalled``, ``jetstream not storing``), or is None; ``/readyz`` reports it (503) and clears on its
+  own on recovery.
 
 The consumer hands every message to the hub (``Hub.dispatch``); messages of a replaced consumer that were
 still queued are dropped by generation, never dispatched twice or under the wrong epoch.
@@ -30,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from lurestream import eventids
 from lurestream.natsclient import GuardedClient
@@ -46,9 +51,12 @@ STALL_SECONDS = 10.0  # SPEC §16: no message or heartbeat this long: the consum
 IDLE_HEARTBEAT_SECONDS = 1.0
 INFO_TIMEOUT_SECONDS = 2.0
 
+PROBE_SECONDS = 5.0
+PROBE_BYTES = 4096  # more than a filesystem page: a full disk refuses it at once (a few bytes fit in a page's slack)
 STREAM_MISSING = "stream missing"
 JETSTREAM_UNAVAILABLE = "jetstream unavailable"
 CONSUMER_STALLED = "consumer stalled"
+NOT_STORING = "jetstream not storing"
 NOT_CHECKED = "jetstream not checked yet"
 
 
@@ -69,6 +77,8 @@ class StreamConsumer:
         self._watcher: asyncio.Task[None] | None = None
         self._check_now = asyncio.Event()
         self._replace = False  # the consumer is to be replaced (after a reconnect)
+        self._next_probe = 0.0
+        self.store_problem: str | None = None
         self.on_open: Callable[[], Awaitable[None]] | None = None  # a late start succeeded
 
     # -- life --------------------------------------------------------------------------------------------
@@ -237,6 +247,9 @@ class StreamConsumer:
         except (asyncio.TimeoutError, Exception) as exc:
             self._set_problem(f"{JETSTREAM_UNAVAILABLE}: {type(exc).__name__}")
             return
+        if time.monotonic() >= self._next_probe:
+            self._next_probe = time.monotonic() + PROBE_SECONDS
+            await self._probe(info)
         # Only the creation time tells a new stream: a replica that is behind (a leader change in a cluster)
         # reports a last sequence below ours for the same stream.
         epoch = eventids.stream_epoch(self.name, info.created)
@@ -267,6 +280,37 @@ class StreamConsumer:
             self._set_problem(f"{JETSTREAM_UNAVAILABLE}: {type(exc).__name__}")
             return
         self._set_problem(None)
+
+    async def _probe(self, info: api.StreamInfo) -> None:
+        """Store a message (see the module docstring, "Storage"); ``store_problem`` says if it was refused."""
+        assert self.js is not None and self._nc is not None
+        name = f"{self.name}_probe"
+        subject = f"lurestream.probe.{self.name}.{self._nc.client_id or 0}"
+        error = None
+        try:
+            try:
+                await self.js.publish(subject, bytes(PROBE_BYTES), stream=name, timeout=INFO_TIMEOUT_SECONDS)
+            except NoStreamResponseError:
+                await self.js.add_stream(
+                    api.StreamConfig(
+                        name=name,
+                        subjects=[f"lurestream.probe.{self.name}.>"],
+                        storage=api.StorageType.FILE,
+                        max_msgs_per_subject=1,
+                        max_bytes=2**20,  # one message a process, each replaced by the next
+                        discard=api.DiscardPolicy.OLD,
+                        num_replicas=info.config.num_replicas or 1,
+                    )
+                )
+                await self.js.publish(subject, bytes(PROBE_BYTES), stream=name, timeout=INFO_TIMEOUT_SECONDS)
+        except Exception as exc:
+            error = f"{NOT_STORING}: {type(exc).__name__}: {str(exc)[:120]}"
+        if error != self.store_problem:
+            if error:
+                log.warning("JetStream stream %s: %s", self.name, error)
+            else:
+                log.info("JetStream stream %s: storing again", self.name)
+        self.store_problem = error
 
     def _set_problem(self, problem: str | None) -> None:
         if problem != self.problem and problem is not None:

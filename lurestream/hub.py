@@ -367,8 +367,8 @@ class Hub:
             return ["bus"]
         if not nc.read_loop_alive:
             return ["bus (read loop down)"]
-        if self.jetstream and self.consumer is not None and self.consumer.problem:
-            return [f"events ({self.consumer.problem})"]
+        if self.jetstream and self.consumer is not None and (self.consumer.problem or self.consumer.store_problem):
+            return [f"events ({self.consumer.problem or self.consumer.store_problem})"]
         if self.jetstream and self.consumer is None:
             return ["events (jetstream not started)"]
         return []
@@ -380,7 +380,7 @@ class Hub:
             return "off"
         if self.consumer is None:
             return "not started"
-        return self.consumer.problem or "ok"
+        return self.consumer.problem or self.consumer.store_problem or "ok"
 
     async def start(self) -> None:
         """Begin connecting in the background; returns at once (serving never waits for the bus)."""

@@ -8,6 +8,7 @@ announced (``"resumed": false``), and that ``/readyz`` says what is true.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -417,6 +418,46 @@ async def test_readiness_names_each_failure_and_recovers_by_itself(private_nats,
         client = await ls.attacker(A)
         await ls.publish_stored("attacker.scored", {"attacker_uuid": A, "n": 1})
         assert ns(await events(client, 1)) == [1], "and events flow again"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Any) -> Iterator[str]:
+    """A 16 MiB tmpfs for a nats-server's store, to fill up (root only: skipped elsewhere)."""
+    import subprocess
+
+    path = tmp_path / "store"
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): needs root")
+    try:
+        yield str(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_readiness_says_so_while_jetstream_cannot_store(tmp_path, small_disk, mongo_service, mongo, db_name):
+    """JetStream's disk full: every publish failed, so no dashboard saw anything, and /readyz said 200."""
+    svc = nats_server(str(tmp_path))
+    svc.argv[svc.argv.index("-sd") + 1] = small_disk
+    svc.start()
+    settings = {"jetstream": "LS_FULL", "jetstream_max_bytes": "4MB"}
+    try:
+        async with standalone(svc.url, mongo_service.url, db_name, mongo, settings) as ls:
+            await _until_ready(ls, 200, 15, "at start")
+            filler = os.path.join(small_disk, "filler")
+            with open(filler, "wb") as fh:  # the rest of the disk
+                with contextlib.suppress(OSError):
+                    while True:
+                        fh.write(b"\0" * 65536)
+                        fh.flush()
+            body = await _until_ready(ls, 503, 10, "JetStream not storing", naming="not storing")
+            assert "events" in body["detail"], body
+            os.remove(filler)
+            await _until_ready(ls, 200, 10, "JetStream storing again")
+    finally:
+        svc.stop()
 
 
 # -- names -------------------------------------------------------------------------------------------------
