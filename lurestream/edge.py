@@ -59,13 +59,12 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
 
+from lurestream import tornado_internals
+
 log = logging.getLogger("lurestream.edge")
 
 LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 256 * 1024
-# Tornado answers a head it cannot parse with exactly these bytes (http1connection); we send JSON instead.
-_TORNADO_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n\r\n"
-_TORNADO_HEAD_END = b"\r?\n\r?\n"  # how HTTP1Connection finds the end of a request head
 _HEAD_END = b"\n\r?\n"
 
 # Requests a load balancer or monitor sends from its one address: never counted against the per-address cap.
@@ -416,8 +415,8 @@ class GuardedStream(IOStream):
     counted under in ``edge.connections`` ("" while it is not counted: no head yet, or probes only).
     """
 
-    def __init__(self, sock: socket.socket, edge: EdgeServer, peer: str) -> None:
-        super().__init__(sock, max_buffer_size=edge.limits.read_buffer_bytes)
+    def __init__(self, sock: socket.socket, edge: EdgeServer, peer: str, read_chunk_size: int | None = None) -> None:
+        super().__init__(sock, max_buffer_size=edge.limits.read_buffer_bytes, read_chunk_size=read_chunk_size)
         self.edge = edge
         self.peer = peer
         self.address = ""
@@ -429,7 +428,7 @@ class GuardedStream(IOStream):
 
     # -- request heads ---------------------------------------------------------------------------
     def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Awaitable[bytes]:
-        if regex == _TORNADO_HEAD_END:
+        if regex == tornado_internals.HEAD_END_PATTERN:
             # The same end of match, but the pattern starts with a literal, so the regex engine skips to
             # each newline at C speed instead of trying every position: 18 µs, not 1.5 ms, per 64 KB a
             # flood of long URLs makes it scan (that alone kept a core busy at ~1,000 requests/s).
@@ -504,16 +503,15 @@ class GuardedStream(IOStream):
         return True
 
     def _oversized_head(self) -> tuple[int, str, str]:
-        # 414 when the request line alone is past the URL bound (a long URL, not many headers). Peeks
-        # at IOStream's read buffer; if that ever moves, the answer is the still-correct 431.
-        buffered = getattr(self, "_read_buffer", b"")
-        line = bytes(memoryview(buffered)[: self.edge.limits.max_url_bytes + 32])
+        # 414 when the request line alone is past the URL bound (a long URL, not many headers); if Tornado
+        # ever keeps its buffer elsewhere, the answer is the still-correct 431.
+        line = tornado_internals.buffered_prefix(self, self.edge.limits.max_url_bytes + 32)
         if b"\n" not in line and len(line) > self.edge.limits.max_url_bytes:
             return 414, "URI too long", "uri_too_long"
         return 431, "Request header fields too large", "header_too_large"
 
     def write(self, data: bytes | memoryview) -> asyncio.Future[None]:
-        if data == _TORNADO_BAD_REQUEST:  # a head Tornado could not parse: answer in JSON like the rest
+        if data == tornado_internals.BARE_BAD_REQUEST:  # a head Tornado could not parse: answer in JSON
             if self._target_bytes > self.edge.limits.max_url_bytes:  # the URL bound answers first (SPEC §11)
                 self.edge.count_refusal("uri_too_long")
                 data = error_response(414, "URI too long", self.edge.cors_headers())
@@ -595,6 +593,8 @@ class EdgeServer(HTTPServer):
         cors_origins: tuple[str, ...] = (),
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("ssl_options"):  # the live writer sends on the raw socket (tornado_internals)
+            raise ValueError("lurestream does not terminate TLS: put it behind a TLS-terminating proxy")
         self.limits = limits or EdgeLimits()
         self.connections = connections or ConnectionCounter(self.limits.max_connections_per_ip)
         self.on_refusal = on_refusal
@@ -607,30 +607,22 @@ class EdgeServer(HTTPServer):
             body_timeout=self.limits.header_timeout,
             **kwargs,
         )
-        self.conn_params.header_timeout = None  # GuardedStream times heads itself (header vs idle)
+        tornado_internals.disable_header_timeout(self)  # GuardedStream times heads itself (header vs idle)
 
-    # -- accepting: the one place that touches Tornado's internals ---------------------------------
+    # -- accepting ------------------------------------------------------------------------------------
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         """Accept on ``sockets`` with ``AcceptLoop`` instead of ``tornado.netutil.add_accept_handler``
-        (which spins out of descriptors: see ``AcceptLoop``). ``add_socket`` and ``listen`` come here too.
-
-        TORNADO INTERNALS (Tornado 6.x ``TCPServer``): ``add_sockets`` fills ``self._sockets`` (fd →
-        socket) and ``self._handlers`` (fd → a callable that stops accepting), which ``TCPServer.stop``
-        reads to stop and close each listener, and hands each accepted socket to
-        ``self._handle_connection`` (TLS wrapping, the IOStream, then ``handle_stream``). We fill the same
-        two dicts and call the same method, so ``stop()`` and TLS keep working and only the loop is ours;
-        ``tests/test_descriptors.py`` checks that ``stop()`` still stops accepting.
-        """
+        (which spins out of descriptors: see ``AcceptLoop``). ``add_socket`` and ``listen`` come here too;
+        ``stop()`` still stops accepting (``tornado_internals.adopt_listener``, tests/test_descriptors.py)."""
+        handle = tornado_internals.connection_handler(self)
         for sock in sockets:
-            acceptor = AcceptLoop(sock, self._handle_connection, self.accept_pause)
-            self._sockets[sock.fileno()] = sock
-            self._handlers[sock.fileno()] = acceptor.close
+            tornado_internals.register_listener(self, sock, AcceptLoop(sock, handle, self.accept_pause).close)
 
     # -- connections and requests ----------------------------------------------------------------
     def handle_stream(self, stream: IOStream, address: Any) -> None:
         # "local" for a Unix socket's (empty) address: "" would mean "not counted" to GuardedStream
         peer = str(address[0]) if isinstance(address, tuple) and address else "local"
-        super().handle_stream(GuardedStream(stream.socket, self, peer), address)
+        super().handle_stream(GuardedStream(stream.socket, self, peer, stream.read_chunk_size), address)
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         stream = getattr(request_conn, "stream", None)  # HTTP1Connection.stream: the GuardedStream it reads

@@ -14,6 +14,7 @@ from typing import Any
 
 import tornado.web
 
+from lurestream import tornado_internals
 from lurestream.auth import INVALID_CREDENTIALS, NOT_AUTHENTICATED, Authenticator, AuthError, Identity
 from lurestream.config import Config
 from lurestream.limits import RequestCounter
@@ -203,7 +204,7 @@ def allowed_methods(handler: tornado.web.RequestHandler) -> list[str]:
 
 def write_json_error(handler: tornado.web.RequestHandler, status_code: int, exc: ApiError | None = None) -> None:
     """Every error leaves as ``{"detail": ...}`` JSON (SPEC §1); a 405 names what is allowed."""
-    detail = exc.detail if exc is not None else (handler._reason or "Internal Server Error")
+    detail = exc.detail if exc is not None else (tornado_internals.reason(handler) or "Internal Server Error")
     if status_code == 401:
         handler.set_header("WWW-Authenticate", "Bearer")
     if status_code == 405:

@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Tracer
 from tornado.iostream import StreamClosedError
 
-from lurestream import eventids, sse
+from lurestream import eventids, sse, tornado_internals
 from lurestream.batching import StoreReads
 from lurestream.cache import TTLCache
 from lurestream.edge import GuardedStream
@@ -139,7 +139,7 @@ class StreamHandler(BaseHandler):
         try:
             await self._get(resource_id)
         finally:
-            if self._finished:  # handed to the writer (detached: Tornado calls no on_finish), or answered
+            if tornado_internals.is_finished(self):  # handed to the writer (detached: no on_finish), or answered
                 self.untrack()
 
     async def _get(self, resource_id: str) -> None:
@@ -189,7 +189,7 @@ class StreamHandler(BaseHandler):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
         chunked = self.request.version == "HTTP/1.1"
-        lines = ["HTTP/1.1 200 OK", *(f"{k}: {v}" for k, v in self._headers.get_all())]
+        lines = ["HTTP/1.1 200 OK", *(f"{k}: {v}" for k, v in tornado_internals.response_headers(self))]
         lines.append("Transfer-Encoding: chunked" if chunked else "Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if self._span is not None:
