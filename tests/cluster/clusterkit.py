@@ -65,6 +65,7 @@ from lurestream.localservices import (
     mongo_uri,
     mongo_wire_server,
     nats_server_binary,
+    nats_server_version,
 )
 from lurestream.tokens import mint_token
 
@@ -263,9 +264,12 @@ class NatsCluster:
         raise ServiceError("the NATS cluster elected no JetStream meta leader")
 
     async def make_leader(self, server: str, streams: Iterable[str], timeout: float = 30.0) -> None:
-        """Move the leader of each of ``streams`` to node ``server`` (a step-down with a preferred
-        successor), making that node the costliest one to lose. (The meta leader cannot be moved from
-        the global account: that takes the system account.)"""
+        """Move the leader of each of ``streams`` to node ``server``, making that node the costliest one to
+        lose: a step-down with a preferred successor (nats-server 2.11+), or — on older servers, which
+        ignore or refuse the preference (Debian's 2.9) — plain step-downs until the election lands there.
+        (The meta leader cannot be moved from the global account: that takes the system account.)"""
+        version = nats_server_version(nats_server_binary()) or (0, 0, 0)
+        preferred = json.dumps({"placement": {"preferred": server}}).encode() if version >= (2, 11, 0) else b""
         nc = await nats.connect(servers=[n.url for n in self.running()], name="cluster-admin", error_cb=_quiet)
         try:
             js = nc.jetstream()
@@ -274,17 +278,30 @@ class NatsCluster:
                 while True:
                     if time.monotonic() > deadline:
                         raise ServiceError(f"could not move the leader of {stream} to {server}")
+                    leader = None
                     try:
                         info = await js.stream_info(stream)
-                        if info.cluster is not None and info.cluster.leader == server:
+                        leader = info.cluster.leader if info.cluster is not None else None
+                        if leader == server:
                             break
-                        body = json.dumps({"placement": {"preferred": server}}).encode()
-                        await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", body, timeout=2)
+                        if leader:
+                            await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", preferred, timeout=2)
                     except Exception:
                         pass
-                    await asyncio.sleep(0.3)
+                    await self._new_leader(js, stream, leader, min(5.0, max(deadline - time.monotonic(), 0.1)))
         finally:
             await nc.close()
+
+    @staticmethod
+    async def _new_leader(js: Any, stream: str, old: str | None, timeout: float) -> None:
+        """Until ``stream`` has a leader other than ``old`` (an election after a step-down takes a moment)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with contextlib.suppress(Exception):
+                info = await js.stream_info(stream)
+                if info.cluster is not None and info.cluster.leader and info.cluster.leader != old:
+                    return
+            await asyncio.sleep(0.2)
 
     def meta_leader(self) -> str | None:
         for node in self.running():
