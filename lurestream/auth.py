@@ -1,12 +1,12 @@
-"""Who is asking: JWT validation, the role gate, and stream tickets (SPEC §5).
+"""Who is asking: JWT validation, the role gate, and stream tickets (protocol §5).
 
 Every JWT failure is the same 401 so a caller learns nothing about why; the reason goes to the debug
 log (never the token). Tickets are stored as their sha256 only and redeemed with one atomic
 ``find_one_and_delete``, so a ticket minted on one process or host is redeemable on any other, once.
-Browser sessions (SPEC §12) are stored the same way and used for many connects until they expire.
+Browser sessions (protocol §12) are stored the same way and used for many connects until they expire.
 
 An :class:`Identity` carries the credential's ``jti``, ``iat`` and ``exp`` (a ticket or a session records
-those of the JWT it was minted from), so an open stream can be checked for its whole life (SPEC §12).
+those of the JWT it was minted from), so an open stream can be checked for its whole life (protocol §12).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Authenticator:
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
-        # SPEC §5: user and revocation look-ups may be cached (≤ 10 s); a connect storm then costs
+        # protocol §5: user and revocation look-ups may be cached (≤ 10 s); a connect storm then costs
         # one look-up per user, not one per stream
         self._users: TTLCache[dict[str, Any] | None] = TTLCache(config.auth_cache_seconds)
         self._revocations: TTLCache[bool] = TTLCache(config.auth_cache_seconds)
@@ -147,9 +147,9 @@ class Authenticator:
         return claims
 
     async def authenticate_token(self, token: str, fresh: bool = False) -> Identity:
-        """Full JWT validation (SPEC §5.2) including the user, revocation and role checks; ``fresh``
+        """Full JWT validation (protocol §5.2) including the user, revocation and role checks; ``fresh``
         reads the user and the revocation from the store, not the cache (minting: a credential revoked
-        a moment ago must not mint more, SPEC §16)."""
+        a moment ago must not mint more, protocol §16)."""
         claims = self._decode(token)
         return await self.check_user(
             claims["uuid"], claims["jti"], float(claims["iat"]), float(claims["exp"]), fresh=fresh
@@ -186,7 +186,7 @@ class Authenticator:
         return bool(await self.revocation_reads.get(jti))
 
     def learn(self, users: dict[str, dict[str, Any] | None], revoked: set[str]) -> None:
-        """Fresh facts read by the open-stream sweep (SPEC §16): once it ends a stream for a revoked,
+        """Fresh facts read by the open-stream sweep (protocol §16): once it ends a stream for a revoked,
         deleted or demoted credential, this process's next connect with that credential is refused at
         once, not after the cache's remaining lifetime."""
         for uuid, user in users.items():
@@ -214,7 +214,7 @@ class Authenticator:
 
     async def redeem_ticket(self, ticket: str) -> Identity:
         """Use a ticket up (whatever the outcome), check its expiry and the role bound at mint time, then
-        check the credential behind it as a JWT is checked (SPEC §16): its user still exists, may still
+        check the credential behind it as a JWT is checked (protocol §16): its user still exists, may still
         stream, has no password change pending, and the JWT it was minted from is neither revoked nor
         older than ``tokens_valid_from`` — a ticket must not outlive its credential."""
         doc = _unexpired(await self.store.take_ticket(hash_ticket(ticket)), INVALID_TICKET, "unknown or reused ticket")
@@ -222,7 +222,7 @@ class Authenticator:
         self.check_role(Identity(str(doc.get("uuid")), str(doc.get("role") or "")))
         return await self.check_user(str(doc.get("uuid")), jti, iat, exp)
 
-    # -- browser sessions (SPEC §12) ----------------------------------------------------------------
+    # -- browser sessions (protocol §12) ----------------------------------------------------------------
     async def mint_session(self, identity: Identity) -> tuple[str, int]:
         """A session bound to the JWT it was minted from: (the cookie value, its max-age in seconds).
 

@@ -1,7 +1,7 @@
-"""A small per-process TTL cache (SPEC §5: user and revocation look-ups may be cached ≤ 10 s).
+"""A small per-process TTL cache (protocol §5: user and revocation look-ups may be cached ≤ 10 s).
 
 Bounded: when full, the oldest entries go first, and expired entries are dropped by ``purge()``, which
-the process's housekeeping calls every second (SPEC §11) — not only when the same key is asked again,
+the process's housekeeping calls every second (protocol §11) — not only when the same key is asked again,
 or a flood of distinct keys would stay in memory. Entries are kept in expiry order (one TTL per
 cache, refreshed entries move to the end), so a purge touches only what has expired.
 Time comes from ``time.monotonic``.

@@ -1,4 +1,4 @@
-"""One per-user cap across every process and host (SPEC §13), on a JetStream key-value bucket.
+"""One per-user cap across every process and host (protocol §13), on a JetStream key-value bucket.
 
 Each process keeps its own streams' counts exactly (``ConnectionLimiter``) and publishes them to the
 bucket; it watches the bucket and keeps a local view of everyone else's, so admission stays a local
@@ -14,14 +14,14 @@ A process is live while its heartbeat is younger than ``lease`` (``CAP_LEASE_SEC
 slots of a process that dies (SIGKILL, a lost host) free within the lease everywhere, and its keys are
 purged by whichever live process notices first. A process that stops cleanly deletes its keys itself.
 
-A refusal that will clear on its own is not final (SPEC §16, docs/protocol.md "Waiting instead of 429"):
+A refusal that will clear on its own is not final (protocol §16, docs/protocol.md "Waiting instead of an error"):
 when the user is at the cap only because of a process whose heartbeat is late (likely dead: its slots
 free within the lease), or the request is a *reconnect* (``Last-Event-ID``: its own old slot may still
 be counted — on a process that died, or a connection whose close is not yet seen), ``wait_hint`` says
 how long to wait, and the client is told to retry instead of getting a 429 a native EventSource would
 never retry.
 
-The bucket is the processes' own (SPEC §13): deleted or re-created under them, it is noticed at the next
+The bucket is the processes' own (protocol §13): deleted or re-created under them, it is noticed at the next
 heartbeat (its stream's creation time changed, or it is gone), created again if missing, watched anew and
 repopulated with this process's counts; until then ``mode`` is ``local``.
 

@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     publish = sub.add_parser(
         "publish",
         help="publish one well-formed event envelope on NATS (LURESTREAM_NATS_URL)",
-        description="Wrap a JSON object payload in a SPEC envelope {v, id, topic, type, ts, payload} and publish it.",
+        description="Wrap a JSON object payload in an envelope {v, id, topic, type, ts, payload} and publish it.",
     )
     publish.add_argument("subject", help="NATS subject, e.g. attacker.observation.ja3")
     publish.add_argument("payload", help='the payload as a JSON object, e.g. \'{"attacker_uuid": "..."}\'')

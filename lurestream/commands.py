@@ -177,7 +177,7 @@ def _detail(exc: HTTPClientError, streamed: str) -> str:
 
 # -- publish -----------------------------------------------------------------------------------------
 def envelope(subject: str, payload: dict[str, Any], type_: str) -> bytes:
-    """A well-formed SPEC §6 body."""
+    """A well-formed protocol §6 body."""
     body = {"v": 1, "id": uuid.uuid4().hex, "topic": subject, "type": type_, "ts": time.time(), "payload": payload}
     return json.dumps(body, separators=(",", ":")).encode()
 

@@ -2,7 +2,7 @@
 
 Every setting is declared once in ``SETTINGS``; the env var, the ``serve`` flag, the default and the
 parser all come from that declaration, so they cannot drift apart. Flags win over the environment.
-A bad value raises :class:`ConfigError` whose message names the setting (SPEC §9).
+A bad value raises :class:`ConfigError` whose message names the setting (protocol §9).
 """
 
 from __future__ import annotations
@@ -305,7 +305,7 @@ SETTINGS: tuple[Setting, ...] = (
         _bool,
         "development only: accept a short JWT secret, or start without one (a random secret, logged as such)",
     ),
-    # SPEC §11: what a client or a bus message may cost
+    # protocol §11: what a client or a bus message may cost
     Setting(
         "max_header_bytes",
         "16KiB",
@@ -368,7 +368,7 @@ SETTINGS: tuple[Setting, ...] = (
         _rate,
         "ticket and session mints per user per process; beyond → 429 `Too many ticket requests` with `Retry-After`",
     ),
-    # SPEC §12: credentials for the whole life of a stream, browser sessions
+    # protocol §12: credentials for the whole life of a stream, browser sessions
     Setting(
         "auth_sweep_seconds",
         "5",
@@ -391,7 +391,7 @@ SETTINGS: tuple[Setting, ...] = (
         _bool,
         "mark the session cookie `Secure` (sent over HTTPS only; `false` for plain-HTTP development)",
     ),
-    # SPEC §13: one cap across processes and hosts
+    # protocol §13: one cap across processes and hosts
     Setting(
         "cap_bucket",
         "lurestream_caps",
@@ -411,7 +411,7 @@ SETTINGS: tuple[Setting, ...] = (
             "this long; meanwhile a reconnecting EventSource is told to retry, not refused"
         ),
     ),
-    # NATS credentials (SPEC §16): how real clusters authenticate; see docs/operations.md for permissions
+    # NATS credentials (protocol §16): how real clusters authenticate; see docs/operations.md for permissions
     Setting(
         "nats_user", "", _str, "NATS user name (with `LURESTREAM_NATS_PASSWORD`); credentials can also be in the URL"
     ),
@@ -543,7 +543,7 @@ def load_config(env: Mapping[str, str] | None = None, flags: Mapping[str, Any] |
             raise ConfigError(s.env, str(exc)) from None
     values["jwt_public_key"] = _read_public_key(values["jwt_public_key_file"])
     if values["auth_cache_seconds"] > 10:
-        raise ConfigError("LURESTREAM_AUTH_CACHE_SECONDS", "must be at most 10 (SPEC §5 allows 10 s of staleness)")
+        raise ConfigError("LURESTREAM_AUTH_CACHE_SECONDS", "must be at most 10 (protocol §5 allows 10 s of staleness)")
     config = Config(**values)
     _check_keys(config)
     if config.dev_insecure and not config.jwt_secret and any(a.startswith("HS") for a in config.jwt_algorithms):

@@ -1,4 +1,4 @@
-"""The process's one JetStream consumer, and the truth about the stream it reads (SPEC §7, §16).
+"""The process's one JetStream consumer, and the truth about the stream it reads (protocol §7, §16).
 
 :class:`StreamConsumer` owns the ordered consumer over the retained stream and keeps checking what it
 depends on, so that nothing can make the process blind without it saying so:
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lurestream.consumer")
 
 CHECK_SECONDS = 2.0  # stream info read this often (a re-creation is noticed within ~2 s)
-STALL_SECONDS = 10.0  # SPEC §16: no message or heartbeat this long: the consumer has stopped
+STALL_SECONDS = 10.0  # protocol §16: no message or heartbeat this long: the consumer has stopped
 IDLE_HEARTBEAT_SECONDS = 1.0
 INFO_TIMEOUT_SECONDS = 2.0
 

@@ -1,4 +1,4 @@
-"""Credentials for the whole life of a stream (SPEC §12): the revocation and role sweep.
+"""Credentials for the whole life of a stream (protocol §12): the revocation and role sweep.
 
 Expiry is checked by the live writer's sweep (each stream knows its credential's ``exp``). Everything
 else can change in MongoDB while a stream is open — a ``jti`` revoked, ``tokens_valid_from`` moved, the
@@ -8,7 +8,7 @@ streams, the user documents, which jtis are revoked and which sessions still exi
 each per ``BATCH``, never one per stream. Streams whose credential no longer holds get ``event: end``
 with the reason (``revoked`` or ``forbidden``) and are closed.
 
-When the store cannot answer, open streams go on (SPEC §2: they keep forwarding); the sweep tries again.
+When the store cannot answer, open streams go on (protocol §2: they keep forwarding); the sweep tries again.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The HTTP edge: what a client may cost before any handler runs (SPEC §11, §16).
+"""The HTTP edge: what a client may cost before any handler runs (protocol §11, §16).
 
 Tornado parses HTTP/1.1 for us; this module adds the bounds a server on the internet edge needs, at
 the points Tornado lets us in — the accept loop, the stream it reads from, the connection's delegate,
@@ -14,7 +14,7 @@ and ``handle_stream``:
   first request head that is not a probe (see ``EdgeServer.count_connection``): the count follows the
   socket, also after a stream leaves Tornado for the live writer;
 - out of descriptors (or kernel buffers), accepting pauses with a back-off instead of spinning
-  (``AcceptLoop``, SPEC §16).
+  (``AcceptLoop``, protocol §16).
 
 Tornado's own behaviour here would be: a 1 h header timeout, a 100 MB body buffered before any
 handler sees the request, an empty reply (a bare close) to an oversized head, and an accept loop that
@@ -97,7 +97,7 @@ _ONE_CONNECTION = frozenset(
 
 @dataclass(frozen=True)
 class EdgeLimits:
-    """The bounds of SPEC §11 that apply before a handler runs (each a ``LURESTREAM_*`` setting)."""
+    """The bounds of protocol §11 that apply before a handler runs (each a ``LURESTREAM_*`` setting)."""
 
     max_header_bytes: int = 16 * 1024
     max_url_bytes: int = 8 * 1024
@@ -113,7 +113,7 @@ class EdgeLimits:
 
 
 class ConnectionCounter:
-    """Open connections per client address (SPEC §11 ``MAX_CONNECTIONS_PER_IP``); one per process.
+    """Open connections per client address (protocol §11 ``MAX_CONNECTIONS_PER_IP``); one per process.
 
     A connection is counted from its first request head that is not a probe until it closes — or, once
     it has become a live stream, until the writer ends the stream (see ``EdgeServer.count_connection``).
@@ -248,7 +248,7 @@ def linger_close(sock: socket.socket, reply: bytes) -> None:
 
 class AcceptPause:
     """How long a listener rests after ``accept()`` failed for want of resources, and the one log line a
-    second that says so (SPEC §16). One per server: descriptors are the process's, not a socket's.
+    second that says so (protocol §16). One per server: descriptors are the process's, not a socket's.
 
     The first failure rests ``FIRST`` seconds, each further one twice as long up to ``LONGEST``; a
     successful accept starts over. Every failure is counted (``on_refusal``, reason
@@ -512,7 +512,7 @@ class GuardedStream(IOStream):
 
     def write(self, data: bytes | memoryview) -> asyncio.Future[None]:
         if data == tornado_internals.BARE_BAD_REQUEST:  # a head Tornado could not parse: answer in JSON
-            if self._target_bytes > self.edge.limits.max_url_bytes:  # the URL bound answers first (SPEC §11)
+            if self._target_bytes > self.edge.limits.max_url_bytes:  # the URL bound answers first (protocol §11)
                 self.edge.count_refusal("uri_too_long")
                 data = error_response(414, "URI too long", self.edge.cors_headers())
             else:
@@ -578,7 +578,7 @@ class _Guard(httputil.HTTPMessageDelegate):
 
 
 class EdgeServer(HTTPServer):
-    """Tornado's HTTPServer with the bounds of SPEC §11 on every connection (see the module docstring)."""
+    """Tornado's HTTPServer with the bounds of protocol §11 on every connection (see the module docstring)."""
 
     limits: EdgeLimits
     connections: ConnectionCounter
@@ -672,7 +672,7 @@ class EdgeServer(HTTPServer):
             self.on_refusal(why)
 
     def cors_headers(self, origin: str | None = None) -> dict[str, str]:
-        """The CORS headers an edge reply carries (SPEC §11: ``Vary: Origin`` on every response)."""
+        """The CORS headers an edge reply carries (protocol §11: ``Vary: Origin`` on every response)."""
         if not self.cors_origins:
             return {}
         headers = {"Vary": "Origin"}

@@ -1,4 +1,4 @@
-"""Decoding a bus message (SPEC §6, §11): the one place bus bytes become Python values. Pure.
+"""Decoding a bus message (protocol §6, §11): the one place bus bytes become Python values. Pure.
 
 Whatever a publisher sends, :func:`decode_envelope` either returns an :class:`Envelope` whose every
 value re-encodes as strict JSON (RFC 8259: no NaN or Infinity, finite numbers) or raises
@@ -29,7 +29,7 @@ DEFAULT_MAX_BYTES = 2**20
 
 
 class MalformedMessage(ValueError):
-    """A bus body that breaks SPEC §6 or §11; the message is skipped, counted and logged (rate-limited)."""
+    """A bus body that breaks protocol §6 or §11; the message is skipped, counted and logged (rate-limited)."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Invariants:
   open streams; nats.py restores them itself after a reconnect, so open streams resume on their own.
 - Each message is decoded once, routed with one dict look-up (see ``routing``), encoded once, and the
   same ``(sequence, bytes)`` item is ``put_nowait`` into each matching stream's bounded queue. The hub
-  never waits on a stream: a full queue ends that stream as lagging (``stats.lagging``), logged once.
+  never waits on a stream: a full queue ends that stream as lagging (counted in the metrics), logged once.
 - With JetStream (``jetstream=<stream>``) the process consumes the stream with one ordered consumer
   (``consumer.StreamConsumer``) instead of the family subscriptions; frames then carry
   ``id: <epoch>-<stream sequence>`` (``eventids``), ``position`` is the last sequence dispatched in the
@@ -28,7 +28,6 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from nats.aio.msg import Msg
@@ -48,23 +47,6 @@ log = logging.getLogger("lurestream.hub")
 BUS_DISABLED = "disabled"
 BUS_CONNECTED = "connected"
 BUS_DISCONNECTED = "disconnected"
-
-
-@dataclass
-class HubStats:
-    """Counters a test, a log line or (later) /metrics can read."""
-
-    received: int = 0
-    malformed: int = 0
-    unrouted: int = 0
-    deliveries: int = 0
-    lagging: int = 0
-    send_timeouts: int = 0
-    reconnects: int = 0
-    resumed: int = 0
-    resumed_from_stream: int = 0  # of those, the ones older than memory, read from JetStream
-    replayed: int = 0
-    resume_failed: dict[str, int] = field(default_factory=dict)
 
 
 class Subscriber(Protocol):
@@ -152,8 +134,8 @@ class Hub:
         self.memory = ReplayMemory(
             replay_max if replay_memory < 0 else min(replay_memory, replay_max), replay_memory_bytes
         )
-        self.stats = HubStats()
-        self.replayer = Replayer(self.memory, replay_max, self._replay_item, metrics, self.stats)
+        self.metrics = metrics or Metrics()  # the process's counts; a hub of its own (tests) keeps its own
+        self.replayer = Replayer(self.memory, replay_max, self._replay_item, self.metrics)
         self._live_from = 0  # the first sequence streams receive; earlier ones only fill the memory
         self._caught_up = asyncio.Event()
         self._js: JetStreamContext | None = None
@@ -162,7 +144,6 @@ class Hub:
         # the connection name shows in NATS monitoring: which host and process holds it
         self.name = name or f"lurestream:{socket.gethostname()}:{os.getpid()}"
         self.reconnect_wait = reconnect_wait
-        self.metrics = metrics
         self._routes: dict[Key, set[Subscriber]] = {}
         self._registered: set[Subscriber] = set()
         self.serial = 0  # counts registrations: orders them against snapshot reads (see snapshots.py)
@@ -175,7 +156,7 @@ class Hub:
         self._connector: asyncio.Task[None] | None = None
         self._closing = False
         self._malformed_log = _RateLimitedLog()
-        self._bus_log = _RateLimitedLog(60.0)  # SPEC §11: a bus that stays down is logged once a minute
+        self._bus_log = _RateLimitedLog(60.0)  # protocol §11: a bus that stays down is logged once a minute
 
     # -- streams -------------------------------------------------------------------------------
     def register(self, stream: Subscriber) -> None:
@@ -202,14 +183,10 @@ class Hub:
 
     def record_lagging(self) -> None:
         """Count a stream closed for falling behind."""
-        self.stats.lagging += 1
-        if self.metrics is not None:
-            self.metrics.lagging.inc()
+        self.metrics.lagging.inc()
 
     def record_send_timeout(self) -> None:
-        self.stats.send_timeouts += 1
-        if self.metrics is not None:
-            self.metrics.send_timeouts.inc()
+        self.metrics.send_timeouts.inc()
 
     @property
     def subscription_count(self) -> int:
@@ -261,10 +238,8 @@ class Hub:
         and the event is remembered for resumes. Sequences before ``_live_from`` (the start-up
         catch-up) are only remembered.
         """
-        self.stats.received += 1
         metrics = self.metrics
-        if metrics is not None:
-            metrics.bus_message(subject)
+        metrics.bus_message(subject)
         if seq:
             if self.position is not None and seq <= self.position:
                 return 0  # already dispatched (a consumer reset re-delivered it)
@@ -281,33 +256,27 @@ class Hub:
         subs = None if target is None else self._routes.get(target.key)
         if target is not None and (seq or subs):
             item = _item(target, env, seq, self.epoch)
-            if len(item[1]) > self.max_frame_bytes:  # SPEC §16: could never fit a stream's buffer
+            if len(item[1]) > self.max_frame_bytes:  # protocol §16: could never fit a stream's buffer
                 return self._malformed(subject, MalformedMessage(f"frame of {len(item[1])} bytes, over the bound"))
             if seq:
                 self.memory.remember(seq, target.key, item)
                 if seq < self._live_from:
                     return 0
         if not subs or target is None:
-            self.stats.unrouted += 1
-            if metrics is not None:
-                metrics.events_unrouted.inc()
+            metrics.events_unrouted.inc()
             return 0
         delivered = 0
         for sub in tuple(subs):  # a copy: a lagging stream unregisters itself while we iterate
             if sub.put_nowait(item):
                 delivered += 1
-        self.stats.deliveries += delivered
         if delivered:
-            if metrics is not None:
-                metrics.events_forwarded.inc(delivered)
+            metrics.events_forwarded.inc(delivered)
             if self.on_delivered is not None:
                 self.on_delivered(env.ts)
         return delivered
 
     def _malformed(self, subject: str, exc: MalformedMessage) -> int:
-        self.stats.malformed += 1
-        if self.metrics is not None:
-            self.metrics.bus_malformed.inc()
+        self.metrics.bus_malformed.inc()
         self._malformed_log.warning("skipping malformed message on %r: %s", subject[:128], exc)
         return 0
 
@@ -355,7 +324,7 @@ class Hub:
         return BUS_DISCONNECTED
 
     def problems(self) -> list[str]:
-        """What keeps the process from delivering every event now (readiness, SPEC §16); [] when none.
+        """What keeps the process from delivering every event now (readiness, protocol §16); [] when none.
 
         ``bus``: disconnected, or connected with nats.py's read loop gone (it would receive nothing);
         ``events``: the JetStream stream missing or unusable, or the consumer silent (``consumer``).
@@ -419,8 +388,7 @@ class Hub:
                 )
                 await asyncio.sleep(min(self.reconnect_wait * attempt, 5.0))
                 continue
-            if self.metrics is not None:
-                nc.on_skipped = lambda _what: self.metrics.bus_malformed.inc() if self.metrics else None
+            nc.on_skipped = lambda _what: self.metrics.bus_malformed.inc()
             url = nc.connected_url
             where = f"{url.hostname}:{url.port}" if url is not None else redact(self.nats_url)
             consumer = StreamConsumer(self, self.jetstream, self.stream_config) if self.jetstream else None
@@ -451,7 +419,7 @@ class Hub:
             return
 
     async def _watch_read_loop(self, nc: GuardedClient) -> None:
-        """Once a second: a connection whose read loop has died is reconnected (SPEC §16). Readiness says
+        """Once a second: a connection whose read loop has died is reconnected (protocol §16). Readiness says
         so meanwhile (``problems``)."""
         while not self._closing:
             await asyncio.sleep(1.0)
@@ -474,8 +442,7 @@ class Hub:
             await hook(self._js)
 
     def _set_connected(self, up: bool) -> None:
-        if self.metrics is not None:
-            self.metrics.bus_connected.set(1 if up else 0)
+        self.metrics.bus_connected.set(1 if up else 0)
         for hook in self.on_bus_state:
             hook(up)
 
@@ -488,7 +455,7 @@ class Hub:
             self._bus_log.warning("NATS disconnected; reconnecting in the background")
 
     async def _reconnected_cb(self) -> None:
-        self.stats.reconnects += 1
+        self.metrics.bus_reconnects.inc()
         self._set_connected(True)
         if self.consumer is not None:  # its server-side consumer may have gone with the old server
             self.consumer.reconnected()

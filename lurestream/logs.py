@@ -2,7 +2,7 @@
 
 The access log line is built here (Tornado's ``log_function`` setting) from the redacted URI, so a
 ``token=`` or ``ticket=`` never reaches it; a refused request is one line (status and reason), not two.
-Floods are bounded (SPEC §11: bad input costs nothing): lines of the same kind beyond ``FloodFilter``'s
+Floods are bounded (protocol §11: bad input costs nothing): lines of the same kind beyond ``FloodFilter``'s
 budget are counted and summarised, not written — a flood of refused tickets wrote 60,000 lines in 15 s.
 """
 

@@ -1,4 +1,4 @@
-"""DECNET's log search language (SPEC §15), parsed once per stream and evaluated in memory per row.
+"""DECNET's log search language (protocol §15), parsed once per stream and evaluated in memory per row.
 
 The live log feed tails the ``logs`` collection once per process and filters every new row for every
 open stream, so a search is compiled once (``parse_search``) into a ``LogFilter`` whose ``matches`` does
@@ -16,7 +16,7 @@ is left, ``JSON_EXTRACT(fields, '$.key') = :val`` (MySQL: ``JSON_UNQUOTE(JSON_EX
 is where "a number matches its JSON text" comes from); any other token ``LIKE '%token%'`` on
 ``raw_line``, ``decky``, ``service``, ``attacker_ip``; ``start_time``/``end_time`` as ``>=``/``<=``.
 
-Semantics (each decision where SPEC §15 is silent; the DECNET behaviour it follows is noted):
+Semantics (each decision where protocol §15 is silent; the DECNET behaviour it follows is noted):
 
 - Tokens: ``shlex.split`` (POSIX, no comments); on unbalanced quotes or a trailing backslash,
   ``str.split()`` (any Unicode whitespace), quotes kept as characters. Every term must match (AND).
@@ -100,7 +100,7 @@ MAX_TIME_LENGTH = 64  # characters of an ISO-8601 time; no valid one is longer
 _MAX_INT_DIGITS = 4300  # Python's default int-to-str bound, applied whatever the interpreter's setting
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
-# Keys naming a top-level column (SPEC §15, DECNET's `core_fields`), matched as written.
+# Keys naming a top-level column (protocol §15, DECNET's `core_fields`), matched as written.
 CORE_FIELDS: Mapping[str, str] = MappingProxyType(
     {
         "decky": "decky",

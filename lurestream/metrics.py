@@ -75,6 +75,12 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.resumed_events = Counter(
+            "lurestream_resumed_events_total", "Events replayed to streams that resumed", registry=registry
+        )
+        self.bus_reconnects = Counter(
+            "lurestream_bus_reconnects_total", "Times the NATS connection came back after a loss", registry=registry
+        )
         self.snapshot_seconds = Histogram(
             "lurestream_snapshot_seconds", "Snapshot read time", ["kind"], buckets=LATENCY_BUCKETS, registry=registry
         )
@@ -97,7 +103,7 @@ class Metrics:
         )
         self.http_refused = Counter(
             "lurestream_http_refused_total",
-            "Requests or connections refused or closed at the HTTP edge, by reason (SPEC §11)",
+            "Requests or connections refused or closed at the HTTP edge, by reason (protocol §11)",
             ["reason"],
             registry=registry,
         )
@@ -109,6 +115,29 @@ class Metrics:
 
     def bus_message(self, subject: str) -> None:
         self._family.get(subject.split(".", 1)[0], self._other_family).inc()
+
+    def value(self, name: str, **labels: str) -> float:
+        """The current value of one sample (``lurestream_bus_malformed_total``, labels as keywords), 0 when
+        it has none yet: for tests, benches and log lines, read through prometheus-client itself."""
+        registry = self.registry
+        if registry is None:  # multiprocess: every worker's values, aggregated
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        found = registry.get_sample_value(name, labels)
+        return 0.0 if found is None else float(found)
+
+    def by_label(self, name: str, label: str) -> dict[str, float]:
+        """``{label value: sample value}`` of one metric's non-zero samples (e.g. resumes by outcome)."""
+        registry = self.registry
+        if registry is None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        found: dict[str, float] = {}
+        for family in registry.collect():
+            for sample in family.samples:
+                if sample.name == name and sample.value and label in sample.labels:
+                    found[sample.labels[label]] = sample.value
+        return found
 
     def exposition(self) -> bytes:
         """The text a scrape gets: this process's registry, or every worker's values aggregated."""

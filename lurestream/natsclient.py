@@ -2,7 +2,7 @@
 
 **Why a subclass.** nats.py (checked: 2.16) turns each ``MSG``/``HMSG`` from the server into a
 :class:`~nats.aio.msg.Msg` inside its read loop, and any exception raised there ends the read loop for
-good — the connection then looks connected, receives nothing, and never reconnects (SPEC §16, "the bus").
+good — the connection then looks connected, receives nothing, and never reconnects (protocol §16, "the bus").
 A publisher controls three things that reach that code:
 
 - the **subject and reply bytes**: nats-server relays any bytes but whitespace, and nats.py decodes them
@@ -19,10 +19,11 @@ A publisher controls three things that reach that code:
 
 Upstream (nats-py 2.16): ``_build_message`` decodes strictly and ``_read_loop`` stops on any exception
 other than a protocol or OS error; no release handles either. ``setup.py`` pins the range these overrides
-were checked against; ``tests/test_poison.py`` runs each case against a real server.
+were checked against; ``tests/test_integrity.py`` runs each case against a real server (2.14 and Debian's 2.9.10), and
+``tests/test_natsclient.py`` checks the internals these overrides rely on.
 
 The client also records when each subscription last received anything (data, heartbeats, flow control),
-so readiness can tell a consumer that stopped making progress (SPEC §16, "Readiness tells the truth").
+so readiness can tell a consumer that stopped making progress (protocol §16, "Readiness tells the truth").
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ _PLAIN_HEADER_LINE = b"NATS/1.0\r\n"
 _JETSTREAM_DELIVERY = b"$JS.ACK."
 
 # Pings: nats.py's defaults (every 120 s, 2 outstanding) leave a paused or partitioned server for ~6 minutes.
-# Every second with 2 outstanding, a silent server is left after ~3 s (SPEC §16: within 10 s, with the
+# Every second with 2 outstanding, a silent server is left after ~3 s (protocol §16: within 10 s, with the
 # reconnect and a new consumer), then the client moves to another URL of the cluster.
 PING_INTERVAL_SECONDS = 1.0
 MAX_OUTSTANDING_PINGS = 2

@@ -1,19 +1,19 @@
 """The OpenAPI 3.1 description of lurestream's HTTP API (served at ``GET /api/v1/openapi.json``).
 
-Why a hand-written document: Tornado keeps no schema of its routes, and the contract lives in SPEC.md
+Why a hand-written document: Tornado keeps no schema of its routes, and the contract lives in docs/protocol.md
 (§1 API, §2 streams, §5 auth, §11 hostile-input bounds, §12 sessions), not in the code. Written down as
 plain data it gives dashboards and gateways a machine-readable contract, and the test suite something to
 fuzz the running server against (tests/test_openapi.py: every route must appear here, and every response
 — status, headers, media type, body — must be one this document describes).
 
 Conventions:
-- every error is ``{"detail": <string>}`` as ``application/json`` (SPEC §1); 401s carry
+- every error is ``{"detail": <string>}`` as ``application/json`` (protocol §1); 401s carry
   ``WWW-Authenticate: Bearer``; every JSON response carries ``X-Content-Type-Options: nosniff`` (§11);
 - the HTTP edge's answers (§11: 400 malformed request, 405 with ``Allow``, 408, 411, 413, 414, 429 per
   client address, 431) can come from any path, so every operation lists them (``_with_edge``);
 - a stream's body is described per event (OpenAPI 3.1 ``text/event-stream``: each event an object with
   ``event``, ``data``, ``id``), the JSON in ``data`` by ``contentSchema``.
-The browser-session operations of SPEC §12 are documented before they are built; the test fuzzes only
+The browser-session operations of protocol §12 are documented before they are built; the test fuzzes only
 operations whose route exists.
 """
 
@@ -35,7 +35,7 @@ def _ref(kind: str, name: str) -> Schema:
 
 
 def _json(description: str, schema: Schema, **headers: Schema) -> Schema:
-    """A JSON response: ``X-Content-Type-Options: nosniff`` (SPEC §11) plus ``headers``."""
+    """A JSON response: ``X-Content-Type-Options: nosniff`` (protocol §11) plus ``headers``."""
     return {
         "description": description,
         "headers": {"X-Content-Type-Options": _ref("headers", "NoSniff"), **headers},
@@ -48,7 +48,7 @@ def _error(description: str, **headers: Schema) -> Schema:
 
 
 def _with_edge(responses: dict[str, Schema]) -> dict[str, Schema]:
-    """An operation's own responses plus what the HTTP edge may answer instead (SPEC §11), by status."""
+    """An operation's own responses plus what the HTTP edge may answer instead (protocol §11), by status."""
     edge = {
         "400": _ref("responses", "BadRequest"),
         "405": _ref("responses", "MethodNotAllowed"),
@@ -82,7 +82,7 @@ def _event(name: Schema, data: str, with_id: bool = False) -> Schema:
 def _stream_event(snapshot: str) -> Schema:
     """One event of a stream whose ``snapshot`` data is ``#/components/schemas/<snapshot>``."""
     return {
-        "description": "One SSE event (SPEC §2, §7, §12): `event` is its name, `data` its JSON.",
+        "description": "One SSE event (protocol §2, §7, §12): `event` is its name, `data` its JSON.",
         "oneOf": [
             _event({"const": "snapshot"}, snapshot, with_id=True),
             _event({"const": "resumed"}, "Resumed"),
@@ -167,7 +167,7 @@ def _public(operation_id: str, summary: str, responses: dict[str, Schema], tag: 
 
 
 def _head(get: Schema) -> Schema:
-    """The HEAD twin of a GET (SPEC §11): the same statuses and headers, no body."""
+    """The HEAD twin of a GET (protocol §11): the same statuses and headers, no body."""
     responses = {
         status: response if "$ref" in response else {k: v for k, v in response.items() if k != "content"}
         for status, response in get["responses"].items()
@@ -258,7 +258,7 @@ def _paths() -> dict[str, Any]:
         "/api/v1/auth/sse-session": {
             "post": _mint(
                 "openSession",
-                "Trade a Bearer JWT for a browser session cookie (SPEC §12)",
+                "Trade a Bearer JWT for a browser session cookie (protocol §12)",
                 "Sets `lurestream_session` (HttpOnly, SameSite=Strict, Path=/api/v1/, Max-Age up to the JWT's "
                 "expiry, at most `LURESTREAM_SESSION_MAX_SECONDS`); a native EventSource then reconnects with "
                 "`Last-Event-ID` by itself.",
@@ -267,7 +267,7 @@ def _paths() -> dict[str, Any]:
             "delete": {
                 "tags": ["auth"],
                 "operationId": "closeSession",
-                "summary": "End the browser session: remove it and clear the cookie (SPEC §12)",
+                "summary": "End the browser session: remove it and clear the cookie (protocol §12)",
                 "security": [{"session": []}, {}],
                 "responses": _with_edge(
                     {
@@ -559,8 +559,8 @@ def openapi_document() -> dict[str, Any]:
             ),
         },
         "tags": [
-            {"name": "streams", "description": "Server-Sent Events streams (SPEC §2–§4, §7)"},
-            {"name": "auth", "description": "Stream tickets and browser sessions (SPEC §5.3, §12)"},
+            {"name": "streams", "description": "Server-Sent Events streams (protocol §2–§4, §7)"},
+            {"name": "auth", "description": "Stream tickets and browser sessions (protocol §5.3, §12)"},
             {"name": "directory", "description": "Short lists for the dashboard's pickers"},
             {"name": "operations", "description": "Probes, metrics and this document"},
             {"name": "dashboard", "description": "The live dashboard page and its files"},

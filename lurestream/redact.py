@@ -1,4 +1,4 @@
-"""Keep credentials out of logs, in time linear in the text's length (SPEC §11).
+"""Keep credentials out of logs, in time linear in the text's length (protocol §11).
 
 Masked: the values of credential-named parameters (``token=``, ``ticket=``, ``access_token=``, anything
 naming a secret, password, session or key — in a query string, a cookie or free text), the value of every
@@ -24,7 +24,7 @@ import logging
 import re
 
 MASK = "***"
-LOGGED_URL_MAX = 1024  # logged URLs are cut to this many characters (SPEC §11)
+LOGGED_URL_MAX = 1024  # logged URLs are cut to this many characters (protocol §11)
 
 # Words that make a parameter a credential; matched case-insensitively anywhere in its name.
 _SECRET_WORDS = r"token|ticket|secret|passw|session|auth|credential|jwt|api_?key|api-key"

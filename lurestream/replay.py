@@ -1,16 +1,16 @@
-"""Resume (SPEC §7): the process's memory of recent routed events, and the bounded JetStream scan.
+"""Resume (protocol §7): the process's memory of recent routed events, and the bounded JetStream scan.
 
 A stream that reconnects with a last event id L registers with the hub first, at position P, and is
 sent the events L+1…P it wants; later ones reach it live, so the two ranges meet without a gap or a
 duplicate (the stream drops live items ≤ max(L, P)).
 
-A resume is exact or it is refused (SPEC §16): ``resumed`` is only ever the answer when every event of
+A resume is exact or it is refused (protocol §16): ``resumed`` is only ever the answer when every event of
 the stream's keys in L+1…P was read. An id of another epoch (a re-created stream), a JetStream read that
 times out, fails, or stops short of P (a slow-consumer cut, a stall), and a replay past the stream's
 byte bound — counted as it is read, not after — all give the ``"resumed": false`` snapshot instead.
 
 The memory holds the last ``max_events`` routed events — the same shared frame bytes the streams got
-— within ``max_bytes`` (SPEC §11), with the invariant: every routed event with a sequence in
+— within ``max_bytes`` (protocol §11), with the invariant: every routed event with a sequence in
 (``floor``, hub position] is here. At start-up the hub reads that much history into the memory only,
 so a freshly started process (a rolling deploy's reconnect target) resumes from memory too. Older ids
 are read back from JetStream with a short-lived pull consumer, at most ``replay_max`` messages.
@@ -23,12 +23,12 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from lurestream import eventids, jetstream
+from lurestream.metrics import Metrics
 from lurestream.routing import Key
 
 log = logging.getLogger("lurestream.replay")
@@ -125,14 +125,12 @@ class Replayer:
         memory: ReplayMemory,
         replay_max: int,
         decode_item: Callable[[Msg, set[Key]], Item | None],
-        metrics: Any,
-        stats: Any,
+        metrics: Metrics,
     ) -> None:
         self.memory = memory
         self.replay_max = replay_max
         self.decode_item = decode_item  # a retained message as the item a wanting stream would get
-        self.metrics = metrics
-        self.stats = stats  # the hub's: resumed, resumed_from_stream, replayed, resume_failed
+        self.metrics = metrics  # lurestream_resumes_total{outcome}, lurestream_resumed_events_total
 
     async def resume(
         self,
@@ -199,7 +197,7 @@ class Replayer:
                     continue
                 items.append(item)
                 size += len(item[1])
-                if max_bytes and size > max_bytes:  # bounded as it is read (SPEC §16), not after
+                if max_bytes and size > max_bytes:  # bounded as it is read (protocol §16), not after
                     return self.failed(RESUME_TOO_BIG)
             if not scan.complete:
                 log.warning("resume: JetStream delivered %s only up to %d of %d", stream, scan.reached, until)
@@ -207,18 +205,13 @@ class Replayer:
         except Exception as exc:
             log.warning("resume: reading stream %s failed: %s", stream, exc)
             return self.failed(RESUME_UNAVAILABLE)
-        self.stats.resumed_from_stream += 1
         return self.resumed(Resume(items), "jetstream")
 
     def resumed(self, outcome: Resume, source: str = "memory") -> Resume:
-        self.stats.resumed += 1
-        self.stats.replayed += len(outcome.items)
-        if self.metrics is not None:
-            self.metrics.resumes.labels(source).inc()
+        self.metrics.resumes.labels(source).inc()
+        self.metrics.resumed_events.inc(len(outcome.items))
         return outcome
 
     def failed(self, reason: str) -> Resume:
-        self.stats.resume_failed[reason] = self.stats.resume_failed.get(reason, 0) + 1
-        if self.metrics is not None:
-            self.metrics.resumes.labels(reason).inc()
+        self.metrics.resumes.labels(reason).inc()
         return Resume([], failed=reason)

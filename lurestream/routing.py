@@ -1,4 +1,4 @@
-"""Which streams want a bus message, and under which SSE event name (SPEC §3, §4). Pure functions.
+"""Which streams want a bus message, and under which SSE event name (protocol §3, §4). Pure functions.
 
 A message maps to at most one routing key — ``("attacker", uuid)``, ``("ip", ip)``,
 ``("identity", identity_id)`` or ``("topology", id)`` — so the hub finds its subscribers with one dict
@@ -29,7 +29,7 @@ _ATTACKER_NAMES = {
 _IDENTITY_ONLY = ("attribution.profile.state_changed", "attribution.profile.multi_actor_suspected")
 
 
-# The frame names a stream sends itself (SPEC §16): a bus subject deriving one of them is sent under its
+# The frame names a stream sends itself (protocol §16): a bus subject deriving one of them is sent under its
 # family's prefix (topology.<id>.end arrives as "topology.end"), or it would end or wipe dashboards.
 RESERVED_NAMES = frozenset({"snapshot", "resumed", "end", "error", "unavailable"})
 

@@ -1,7 +1,7 @@
 """Wiring and process lifetime: ``make_app`` builds the Application, ``serve`` owns start-up and shutdown.
 
 ``serve`` connects MongoDB (lazily: the driver connects on first use), starts the hub (which never
-waits for NATS), listens, and waits for SIGTERM/SIGINT. Then it drains (SPEC §7): readiness fails at
+waits for NATS), listens, and waits for SIGTERM/SIGINT. Then it drains (protocol §7): readiness fails at
 once, the listener stops, open streams are closed spread over ``LURESTREAM_DRAIN_SECONDS`` with a
 ``retry:`` hint (a second signal closes them at once), and the hub and the store are closed — in
 reverse order of start.
@@ -145,7 +145,7 @@ class Services:
         self._housekeeping.start()
 
     def housekeep(self) -> None:
-        """Once a second: drop expired cache entries and idle rate buckets (SPEC §11: bounded memory
+        """Once a second: drop expired cache entries and idle rate buckets (protocol §11: bounded memory
         does not wait for the same key to be asked again)."""
         for cache in (*self.auth.caches(), self.resources):
             cache.purge()
@@ -186,7 +186,7 @@ def _stream_lagging(stream: LiveStream, hub: Hub) -> None:
 def make_app(services: Services, **settings: Any) -> tornado.web.Application:
     """The Tornado Application for one process; ``settings`` may override tunables (tests do)."""
     config = services.config
-    # every service the process owns, for the handlers' initialize() (DESIGN: passed in, never imported)
+    # every service the process owns, for the handlers' initialize() (passed in, never imported)
     route_services = {f.name: getattr(services, f.name) for f in fields(services) if not f.name.startswith("_")}
     app_settings: dict[str, Any] = dict(
         cors_origins=config.cors_origins,
@@ -212,7 +212,7 @@ def edge_limits(config: Config) -> EdgeLimits:
 
 
 def make_server(app: tornado.web.Application, services: Services) -> EdgeServer:
-    """The HTTP server for ``app``, with the edge bounds of SPEC §11 (used by ``serve`` and the tests)."""
+    """The HTTP server for ``app``, with the edge bounds of protocol §11 (used by ``serve`` and the tests)."""
     config = services.config
     refused = services.metrics.http_refused
     return EdgeServer(
@@ -286,7 +286,7 @@ async def serve(config: Config, sockets: list[Any] | None = None, ready: asyncio
 
 
 async def warn_missing_ttl_indexes(store: Store) -> None:
-    """SPEC §11: expired tickets and sessions pile up without their TTL index; say so at start-up."""
+    """protocol §11: expired tickets and sessions pile up without their TTL index; say so at start-up."""
     try:
         missing = await store.missing_ttl_indexes()
     except Exception as exc:  # the store may be down at start-up; readiness reports that

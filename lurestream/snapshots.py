@@ -57,7 +57,7 @@ class SnapshotReads:
                 return Snapshot(dict(await asyncio.shield(shared.future)), sub.position, [])
             if shared.position is not None and sub.position is not None and shared.epoch == sub.epoch:
                 gap = self.hub.recent_between(shared.position, sub.position, sub.keys)
-                # a gap counts against the stream's byte bound like a replay (SPEC §11): past it, read anew
+                # a gap counts against the stream's byte bound like a replay (protocol §11): past it, read anew
                 if gap is not None and sum(len(frame) for _, frame, _ in gap) <= self.max_gap_bytes:
                     return Snapshot(dict(await asyncio.shield(shared.future)), shared.position, gap)
         read = _Read(asyncio.ensure_future(load()), self.hub.serial, self.hub.live_position, self.hub.epoch)

@@ -83,7 +83,7 @@ _LINE_BREAKS_BEYOND_LF = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028
 def encode_event(
     event: str, topic: str, type_: str, ts: float, payload: dict[str, Any], event_id: str | None = None
 ) -> bytes:
-    """The frame of a live bus event (SPEC §2.3); ``event_id`` (JetStream, ``eventids``) becomes its ``id:``.
+    """The frame of a live bus event (protocol §2.3); ``event_id`` (JetStream, ``eventids``) becomes its ``id:``.
 
     The hot path of every bus message, encoded by orjson (~10× the standard library): one line of UTF-8
     (it escapes every control character, so no CR or LF can break the frame), built directly. NEL, LS and
@@ -111,7 +111,7 @@ def encode_event(
 
 
 def end_frame(reason: str) -> bytes:
-    """The last frame of a stream whose credential no longer holds (SPEC §12): no retry hint follows."""
+    """The last frame of a stream whose credential no longer holds (protocol §12): no retry hint follows."""
     return encode_frame("end", dumps({"reason": reason}))
 
 

@@ -1,4 +1,4 @@
-"""The live phase: one writer per process, one small object per open stream (DESIGN §7, SPEC §7).
+"""The live phase: one writer per process, one small object per open stream (protocol §2, §7).
 
 Tornado does everything up to a stream's live phase — parsing, auth, 404, 429, the response headers'
 contents — and then the handler hands the socket over (:meth:`LiveWriter.open`). From there a stream
@@ -13,7 +13,7 @@ coroutine, future, IOStream or timer per stream.
   ``queue_max`` frames is *lagging*: it stops receiving at once, gets what is queued and a ``retry:``
   hint, and is closed, so the client reconnects and resumes.
 - **One sweep** a fraction of a second apart does what would otherwise be a timer per stream:
-  keepalives for idle streams, the send timeout of stalled ones, and (SPEC §12) credential expiry.
+  keepalives for idle streams, the send timeout of stalled ones, and (protocol §12) credential expiry.
 - **A peer's close** is seen on the read side (the socket is watched for reading), without a write.
 
 Every exit goes through :meth:`LiveWriter._finish`, which gives back the hub registration, the user's
@@ -42,7 +42,7 @@ SEND_TIMEOUT = "send_timeout"
 ERROR = "error"
 SNAPSHOT_FAILED = "snapshot_failed"
 SHUTDOWN = "shutdown"
-EXPIRED = "expired"  # SPEC §12: the credential's exp (or the session's expiry) passed
+EXPIRED = "expired"  # protocol §12: the credential's exp (or the session's expiry) passed
 REVOKED = "revoked"  # its jti was revoked, its user's tokens_valid_from moved past it, or the user is gone
 FORBIDDEN = "forbidden"  # the user's role may no longer stream, or a password change is required
 
@@ -114,7 +114,7 @@ class LiveStream:
         self.stalled_since = 0.0  # when the kernel last refused part of a chunk (0: not stalled)
         self.span: Any = None
         self.expires = 0.0  # epoch seconds the credential expires (0: never checked)
-        self.jti = ""  # the credential's JWT id and issue time, for the revocation sweep (SPEC §12)
+        self.jti = ""  # the credential's JWT id and issue time, for the revocation sweep (protocol §12)
         self.iat = 0.0
         self.session = ""  # the session's hash, when a session cookie opened it
 

@@ -1,4 +1,4 @@
-"""Fixtures: real nats-server and MongoDB-wire processes for the session (SPEC §10), a fresh database
+"""Fixtures: real nats-server and MongoDB-wire processes for the session (protocol §10), a fresh database
 and a real lurestream app per test, and the leak guard that checks every stream test gives back its
 hub registrations and connection slots.
 

@@ -54,6 +54,20 @@ def envelope(subject: str, payload: Any = None, type_: str = "t", ts: float | No
     return json.dumps(body).encode()
 
 
+def failed_resumes(hub: Any) -> dict[str, float]:
+    """Resumes the hub refused, by reason (``lurestream_resumes_total`` less its two successes)."""
+    outcomes = hub.metrics.by_label("lurestream_resumes_total", "outcome")
+    return {k: v for k, v in outcomes.items() if k not in ("memory", "jetstream")}
+
+
+def resumes(hub: Any) -> float:
+    """Resumes the hub served (from memory or from JetStream)."""
+    count = hub.metrics.value
+    return float(
+        count("lurestream_resumes_total", outcome="memory") + count("lurestream_resumes_total", outcome="jetstream")
+    )
+
+
 class Probe:
     """A stand-in stream for hub-level tests: registers like a live stream and records what it gets."""
 

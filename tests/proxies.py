@@ -44,7 +44,7 @@ OPERATIONS = ROOT / "docs" / "operations.md"
 NODE_SOURCES = pathlib.Path(__file__).resolve().parent / "node"
 NODE_CACHE = pathlib.Path(os.environ.get("LURESTREAM_TEST_NODE_CACHE", "~/.cache/lurestream-tests/node")).expanduser()
 
-# Every stream path (SPEC §1, §14, §15): the recipes answer these, and only these, with "reconnect later"
+# Every stream path (protocol §1, §14, §15): the recipes answer these, and only these, with "reconnect later"
 # when no server can take them. One regular expression, the same in every recipe.
 STREAMS = (
     r"^/api/v1/((attackers|topologies)/[^/]+/events|identities/events|campaigns/events"

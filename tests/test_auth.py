@@ -1,4 +1,4 @@
-"""Auth, the role gate, the cap and their order, all before the 200 (SPEC §2, §5)."""
+"""Auth, the role gate, the cap and their order, all before the 200 (protocol §2, §5)."""
 
 from __future__ import annotations
 

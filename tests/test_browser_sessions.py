@@ -1,4 +1,4 @@
-"""A browser's own ``EventSource`` on a session cookie (SPEC §12), in headless Chromium against real server
+"""A browser's own ``EventSource`` on a session cookie (protocol §12), in headless Chromium against real server
 processes with real NATS/JetStream and MongoDB-wire.
 
 The page is a plain same-origin page of the server (``/healthz``); the test's script mints the session

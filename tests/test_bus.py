@@ -1,4 +1,4 @@
-"""The bus: one subscription set per process, reconnects, bus down or disabled (SPEC §2, §6)."""
+"""The bus: one subscription set per process, reconnects, bus down or disabled (protocol §2, §6)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ async def test_one_subscription_set_per_process(ls, nats_service):
 async def test_one_ordered_consumer_per_process_with_jetstream(ls, nats_service):
     subs = await _open_twelve_streams(ls, nats_service)
     assert not set(subs) & set(SUBJECT_FAMILIES), "no plain family subscriptions beside the consumer"
-    # the consumer's deliver inbox, nats.py's shared reply inbox, and the cap bucket's watcher (SPEC §13)
+    # the consumer's deliver inbox, nats.py's shared reply inbox, and the cap bucket's watcher (protocol §13)
     assert 1 <= len(subs) <= 3, subs
     info = await (await ls.bus()).jetstream().stream_info(ls.config.jetstream)
     assert info.state.consumer_count == 1, "one ordered consumer for the process, not one per stream"
@@ -141,7 +141,7 @@ async def test_forwarding_resumes_after_nats_restart(tmp_path, io_loop, mongo, m
             assert frame.json()["payload"]["n"] == "after"
             if jetstream:
                 assert sequence_of(frame.id) > sequence_of(before.id), (before.id, frame.id)
-            assert hub.stats.reconnects >= 1
+            assert hub.metrics.value("lurestream_bus_reconnects_total") >= 1
             assert hub.subscription_count == 1, "the open stream kept its registration"
     finally:
         svc.stop()

@@ -1,4 +1,4 @@
-"""One per-user cap across processes (SPEC §13): two real ``lurestream serve`` processes on one NATS
+"""One per-user cap across processes (protocol §13): two real ``lurestream serve`` processes on one NATS
 (JetStream) share a user's slots through the cap bucket; a killed process's slots free within the lease.
 """
 

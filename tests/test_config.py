@@ -1,4 +1,4 @@
-"""Configuration (SPEC §9): env and flags, defaults, and start-up refusals that name the setting."""
+"""Configuration (protocol §9): env and flags, defaults, and start-up refusals that name the setting."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Credentials for the whole life of a stream, and browser sessions (SPEC §12).
+"""Credentials for the whole life of a stream, and browser sessions (protocol §12).
 
 A stream ends with ``event: end`` / ``{"reason": ...}`` and no ``retry:`` hint when its credential's
 ``exp`` passes (``expired``), when its jti is revoked, its user's ``tokens_valid_from`` moves past it or the
@@ -267,7 +267,7 @@ async def test_signing_out_a_session_ends_every_stream_it_opened(ls):
     assert (await other.next_event()).json()["payload"]["n"] == 1, "another session of the same user goes on"
 
 
-# -- SPEC §16: a ticket never outlives its credential; an ended credential is refused at once --------------
+# -- protocol §16: a ticket never outlives its credential; an ended credential is refused at once --------------
 def _jti(token: str) -> str:
     import jwt
 

@@ -1,6 +1,6 @@
 """The dashboard page in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver`` through
 Selenium) against real server processes with real NATS/JetStream and MongoDB-wire: it signs in with a
-browser session (SPEC §12) and reads streams with no credential in any URL, shows live events as text
+browser session (protocol §12) and reads streams with no credential in any URL, shows live events as text
 (never HTML), resumes after a server restart and says so only briefly, resets its reconnect back-off after a
 successful connect, says why it was signed out, and signs out."""
 

@@ -1,4 +1,4 @@
-"""Out of file descriptors (SPEC §16): no busy loop, no log flood, open streams go on, accepts resume.
+"""Out of file descriptors (protocol §16): no busy loop, no log flood, open streams go on, accepts resume.
 
 The server runs as a real process whose descriptor limit the test lowers once it has started (``serve``
 raises its soft limit to the hard one at start-up, so both are lowered, from outside, with prlimit(2)).

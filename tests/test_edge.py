@@ -1,4 +1,4 @@
-"""The HTTP edge (SPEC §11): oversized heads, URLs and bodies, slow and idle clients, per-address caps.
+"""The HTTP edge (protocol §11): oversized heads, URLs and bodies, slow and idle clients, per-address caps.
 
 Every refusal is a JSON ``{"detail": ...}`` reply the client can read (a lingering close, not a reset),
 costs no store query and is counted in ``/metrics``; none of it can stall the process — a stream of

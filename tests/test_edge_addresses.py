@@ -1,4 +1,4 @@
-"""The per-address connection cap (SPEC §11 ``MAX_CONNECTIONS_PER_IP``) counts clients, never probes.
+"""The per-address connection cap (protocol §11 ``MAX_CONNECTIONS_PER_IP``) counts clients, never probes.
 
 It is decided at a connection's first request head that is not a probe: a load balancer's health checks
 from its one address are always answered (a 429 there marked every backend DOWN), and behind a trusted

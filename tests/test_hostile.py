@@ -1,4 +1,4 @@
-"""Hostile input (SPEC §11) beyond the HTTP edge: bus messages, parameters, tokens, caches, mint rate,
+"""Hostile input (protocol §11) beyond the HTTP edge: bus messages, parameters, tokens, caches, mint rate,
 methods and headers, start-up and bus-down logging. Each test is one item of the issue that found it.
 """
 
@@ -87,7 +87,7 @@ def test_stored_nan_is_sent_as_null_not_as_non_json():
 @pytest.mark.gen_test(timeout=60)
 async def test_non_json_numbers_never_reach_a_dashboard(ls):
     client = await ls.attacker(A)
-    before = ls.hub.stats.malformed
+    before = ls.hub.metrics.value("lurestream_bus_malformed_total")
     subject = "attacker.observation.ja3"
     for raw in (
         b'{"ts": NaN, "payload": {"attacker_uuid": "%s"}}',
@@ -99,7 +99,7 @@ async def test_non_json_numbers_never_reach_a_dashboard(ls):
     await ls.publish(subject, {"attacker_uuid": A, "value": "after"})
     frame = await client.next_event(5)
     assert frame.json()["payload"]["value"] == "after", "only the strict message is forwarded"
-    assert ls.hub.stats.malformed - before == 3
+    assert ls.hub.metrics.value("lurestream_bus_malformed_total") - before == 3
     hist = ls.services.metrics.delivery_seconds
     total = next(s.value for m in hist.collect() for s in m.samples if s.name.endswith("_sum"))
     assert math.isfinite(total), "a NaN ts made the latency histogram's sum NaN for good"
@@ -109,11 +109,11 @@ async def test_non_json_numbers_never_reach_a_dashboard(ls):
 @pytest.mark.lurestream(max_message_bytes="4KiB")
 async def test_oversized_bus_messages_are_malformed(ls):
     client = await ls.attacker(A)
-    before = ls.hub.stats.malformed
+    before = ls.hub.metrics.value("lurestream_bus_malformed_total")
     await ls.publish("attacker.observation.x", {"attacker_uuid": A, "pad": "x" * 5000})
     await ls.publish("attacker.observation.x", {"attacker_uuid": A, "pad": "small"})
     assert (await client.next_event(5)).json()["payload"]["pad"] == "small"
-    assert ls.hub.stats.malformed - before == 1
+    assert ls.hub.metrics.value("lurestream_bus_malformed_total") - before == 1
 
 
 def test_replay_memory_is_bounded_in_bytes():

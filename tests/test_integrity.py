@@ -1,4 +1,4 @@
-"""SPEC §16, never blind, never silent: what a hostile publisher or a failing NATS does to the streams.
+"""protocol §16, never blind, never silent: what a hostile publisher or a failing NATS does to the streams.
 
 Each test breaks something real — a poisoned message on a real nats-server, the JetStream stream deleted
 and re-created, the store wiped, the server paused — and checks that every event is delivered or the gap
@@ -19,7 +19,7 @@ from typing import Any
 
 import nats
 import pytest
-from harness import ATTACKER_A, TOPOLOGY_1, Probe, envelope, standalone
+from harness import ATTACKER_A, TOPOLOGY_1, Probe, envelope, failed_resumes, resumes, standalone
 
 from lurestream.eventids import parse_id
 from lurestream.jetstream import Scan, ensure_stream
@@ -110,7 +110,7 @@ async def test_a_subject_or_reply_that_is_not_utf8_is_skipped_and_the_bus_keeps_
     raw_publish(port, b"attacker.observation.ok", body_for(A, 1), reply=b"inbox.\xfe\xff")
     await ls.publish("attacker.observation.ok", {"attacker_uuid": A, "n": 2})
     assert ns(await events(client, 2)) == [1, 2], "the bad subject skipped, the bad reply harmless, the bus alive"
-    assert ls.hub.stats.malformed == 1
+    assert ls.hub.metrics.value("lurestream_bus_malformed_total") == 1
     assert ls.hub.problems() == []
     if jetstream:  # a process started while the poison is still in the stream reads past it too
         async with standalone(
@@ -180,7 +180,7 @@ async def test_a_recreated_stream_loses_nothing_and_its_old_ids_are_never_resume
     assert (await stale.next_frame()).is_keepalive
     snapshot = await stale.next_event()
     assert snapshot.event == "snapshot" and snapshot.json()["resumed"] is False, "an old id is never resumed"
-    assert ls.hub.stats.resume_failed == {"other_stream": 1}
+    assert failed_resumes(ls.hub) == {"other_stream": 1}
 
     current = await ls.open(PATH_A, token=ls.token(), headers={"Last-Event-ID": fresh[0].id})
     assert (await current.next_frame()).is_keepalive
@@ -302,7 +302,7 @@ async def test_a_resume_cut_short_by_a_stall_is_announced_never_resumed_short(
             ls.hub.unregister(probe)
         assert decoded >= 200, "the scan was under way when the server stopped"
         assert outcome.failed in ("incomplete_read", "bus_unavailable"), (outcome.failed, len(outcome.items))
-        assert ls.hub.stats.resumed == 0
+        assert resumes(ls.hub) == 0
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -491,4 +491,7 @@ async def test_an_event_whose_frame_exceeds_the_stream_bound_is_malformed_not_a_
     await ls.publish("attacker.observation.x", {"attacker_uuid": A, "n": 2})
     (event,) = await events(client, 1)
     assert event.json()["payload"]["n"] == 2 and event.retry is None
-    assert ls.hub.stats.malformed == 1 and ls.hub.stats.lagging == 0
+    assert (
+        ls.hub.metrics.value("lurestream_bus_malformed_total") == 1
+        and ls.hub.metrics.value("lurestream_lagging_closes_total") == 0
+    )

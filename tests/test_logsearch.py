@@ -1,4 +1,4 @@
-"""DECNET's log search language (SPEC §15): the documented rules by example, then properties.
+"""DECNET's log search language (protocol §15): the documented rules by example, then properties.
 
 The main property checks ``LogFilter.matches`` against ``reference_matches`` below: a plain reading of the
 rules in straightforward loops, sharing no code with the module, over random rows (every shape the

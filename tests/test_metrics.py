@@ -50,7 +50,12 @@ async def test_metrics_parse_and_move_with_traffic(ls):
         await client.next_event()
     await ls.publish("attacker.scored", raw=b"{not json")
     await ls.publish("topology.nobody-watches.status", {"status": "x"})
-    await ls.wait_for(lambda: ls.hub.stats.unrouted >= 1 and ls.hub.stats.malformed >= 1)
+    await ls.wait_for(
+        lambda: (
+            ls.hub.metrics.value("lurestream_events_unrouted_total") >= 1
+            and ls.hub.metrics.value("lurestream_bus_malformed_total") >= 1
+        )
+    )
 
     during = await scrape(ls)
     assert value(during, "lurestream_streams_open", kind="attacker") == 1

@@ -2,7 +2,7 @@
 
 The document is written by hand, so two things keep it honest:
 - structure: it is valid OpenAPI 3.1, every route of the app appears in it with exactly the methods its
-  handler implements, and every documented operation exists (SPEC §12's session operations excepted
+  handler implements, and every documented operation exists (protocol §12's session operations excepted
   until they are built);
 - behaviour: schemathesis fuzzes a real ``lurestream serve`` process (real nats-server and MongoDB-wire
   server) with the document: no 5xx, only documented statuses, response headers, media types and bodies,
@@ -57,10 +57,10 @@ from lurestream.tokens import mint_token
 DOCUMENT = openapi_document()
 METHODS = ("get", "head", "post", "put", "patch", "delete")  # OPTIONS is the CORS preflight, documented in prose
 
-# SPEC §12 (a later issue): documented ahead of the code; fuzzed as soon as their routes exist.
+# protocol §12 (a later issue): documented ahead of the code; fuzzed as soon as their routes exist.
 PLANNED = {("post", "/api/v1/auth/sse-session"), ("delete", "/api/v1/auth/sse-session")}
 
-# What the HTTP edge may answer on any path, before a handler runs (SPEC §11).
+# What the HTTP edge may answer on any path, before a handler runs (protocol §11).
 EDGE_STATUSES = {"400", "405", "408", "411", "413", "414", "429", "431"}
 MAX_URL_BYTES = 8 * 1024  # LURESTREAM_MAX_URL_BYTES's default: a longer path + query is 414
 
@@ -150,12 +150,12 @@ def _requires_credentials(operation: dict[str, Any]) -> bool:
 
 
 def test_every_operation_documents_its_errors() -> None:
-    """SPEC §1 and §11: errors are ``{"detail"}`` JSON with ``nosniff``; the edge's answers can come from
+    """protocol §1 and §11: errors are ``{"detail"}`` JSON with ``nosniff``; the edge's answers can come from
     any path; 401 says ``WWW-Authenticate``, 405 ``Allow``, a mint's 429 ``Retry-After``."""
     for method, path in _documented():
         operation = DOCUMENT["paths"][path][method]
         responses = {status: _resolve(response) for status, response in operation["responses"].items()}
-        assert EDGE_STATUSES <= set(responses), f"{method} {path}: the HTTP edge's answers (SPEC §11)"
+        assert EDGE_STATUSES <= set(responses), f"{method} {path}: the HTTP edge's answers (protocol §11)"
         if _requires_credentials(operation):
             assert {"401", "403"} <= set(responses), f"{method} {path}: auth errors"
         for status, response in responses.items():
@@ -230,7 +230,7 @@ def test_the_served_document(server: Server) -> None:
     assert loaded.raw_schema == DOCUMENT
 
 
-# Values SPEC §11 says must do no harm, mixed into the generated ones (schemathesis's fuzz dictionaries):
+# Values protocol §11 says must do no harm, mixed into the generated ones (schemathesis's fuzz dictionaries):
 HOSTILE = [
     *("²", "١٢", "𝟗", "9" * 4301, "-1", "+5", " 5", "1e2", "NaN", "0x10"),  # odd numbers; ² passes isdigit(), not int()
     *("a" * 129, "a" * 9000, "99999999999999999999"),  # ids over MAX_ID_LENGTH, URLs over MAX_URL_BYTES, event ids
@@ -279,11 +279,11 @@ def test_server_conforms_to_the_document(case: schemathesis.Case, credentials: s
         headers["Authorization"] = f"Bearer {server.tokens[credentials]}"
     response = case.call_and_validate(base_url=server.url, headers=headers, checks=CHECKS)
     sent = urlsplit(response.request.url)
-    if len(sent.path) + len(sent.query) + bool(sent.query) > MAX_URL_BYTES:  # SPEC §11, whatever the operation
+    if len(sent.path) + len(sent.query) + bool(sent.query) > MAX_URL_BYTES:  # protocol §11, whatever the operation
         assert response.status_code in (414, 431), f"{response.status_code} for a URL over {MAX_URL_BYTES} bytes"
     if credentials != "viewer" and secured and case.method != "OPTIONS":  # preflights need no credentials
         refused = 403 if credentials == "auditor" else 401
         assert not 200 <= response.status_code < 300, f"{credentials}: {response.status_code} for {case.path}"
         if all(str(v) for v in (case.path_parameters or {}).values()):
-            # SPEC §2: a 404 only ever goes to an authorised caller, so ids cannot be probed without credentials
+            # protocol §2: a 404 only ever goes to an authorised caller, so ids cannot be probed without credentials
             assert response.status_code != 404, f"{credentials}: 404 (expected {refused}) for {case.formatted_path}"

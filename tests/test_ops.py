@@ -1,4 +1,4 @@
-"""/healthz, /readyz, unknown paths and CORS (SPEC §1, §9)."""
+"""/healthz, /readyz, unknown paths and CORS (protocol §1, §9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Properties of the bus-to-frame path (SPEC §6, §11), for any input Hypothesis can build.
+"""Properties of the bus-to-frame path (protocol §6, §11), for any input Hypothesis can build.
 
 Whatever bytes a publisher sends, the hub either forwards a frame that a strict SSE parser and a strict
 JSON parser read back to exactly the envelope's values, or counts the message malformed — the decoder
@@ -159,12 +159,12 @@ def test_attacker_keys_never_raise(doc: dict[str, Any]) -> None:
 @given(subject=SUBJECTS, body=BODIES)
 def test_the_hub_never_raises_on_a_bus_message(subject: str, body: bytes) -> None:
     hub = Hub("", 16)
-    before = hub.stats.malformed
+    before = hub.metrics.value("lurestream_bus_malformed_total")
     hub.dispatch(subject, body)
     try:
         decode_envelope(subject, body)
     except MalformedMessage:
-        assert hub.stats.malformed == before + 1, "a malformed message is counted"
+        assert hub.metrics.value("lurestream_bus_malformed_total") == before + 1, "a malformed message is counted"
 
 
 @settings(max_examples=300, deadline=None)

@@ -1,4 +1,4 @@
-"""The package stays typed (mypy --strict) and lint-clean (ruff), as DESIGN.md asks."""
+"""The package stays typed (mypy --strict) and lint-clean (ruff), as the project's standards ask."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Redaction (SPEC §11): every credential form is masked, and the work is linear in the text's length.
+"""Redaction (protocol §11): every credential form is masked, and the work is linear in the text's length.
 
 The time bound is a property: Hypothesis builds inputs of any shape by repeating short units made of
 the characters and words the patterns look for (``eyJ``, ``://``, ``token=``, ``%``, ``@``…) — the

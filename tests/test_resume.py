@@ -1,4 +1,4 @@
-"""SPEC §7 resume: event ids from JetStream, replay of exactly the missed events, and the explicit
+"""protocol §7 resume: event ids from JetStream, replay of exactly the missed events, and the explicit
 ``"resumed": false`` snapshot when a resume cannot be served. Real nats-server with JetStream."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 import json
 
 import pytest
-from harness import ATTACKER_A, ATTACKER_B, VIEWER, Probe
+from harness import ATTACKER_A, ATTACKER_B, VIEWER, Probe, failed_resumes, resumes
 from sse_client import SSEClient
 
 from lurestream.eventids import format_id, sequence_of
@@ -78,7 +78,7 @@ async def test_resume_replays_exactly_the_missed_events_then_live(ls, how):
     (event,) = await _events(again, 1)
     assert event.json()["payload"]["n"] == 6 and event.id == ls.event_id(live)
     await again.expect_silence(0.3)  # no duplicate of anything replayed
-    assert ls.hub.stats.resumed == 1 and ls.hub.stats.replayed == 5
+    assert resumes(ls.hub) == 1 and ls.hub.metrics.value("lurestream_resumed_events_total") == 5
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -189,7 +189,7 @@ async def test_id_older_than_the_retained_messages_gives_a_snapshot(ls):
         await ls.publish_stored(SUBJECT, _payload(A, n))
     client = await _resume(ls, ls.event_id(first), "query")
     await _expect_rebuild(client)
-    assert ls.hub.stats.resume_failed == {"not_retained": 1}
+    assert failed_resumes(ls.hub) == {"not_retained": 1}
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -200,7 +200,7 @@ async def test_gap_beyond_replay_max_gives_a_snapshot(ls):
         await ls.publish_stored(SUBJECT, _payload(B, n))
     client = await _resume(ls, ls.event_id(first), "header")
     await _expect_rebuild(client)
-    assert ls.hub.stats.resume_failed == {"beyond_replay_max": 1}
+    assert failed_resumes(ls.hub) == {"beyond_replay_max": 1}
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -255,7 +255,7 @@ async def test_ids_older_than_the_hubs_memory_are_replayed_from_jetstream(ls):
     resumed = await again.next_event()
     assert resumed.json() == {"last_event_id": last_id, "replayed": 4}
     assert _ns(await _events(again, 4)) == [1, 3, 5, 7]
-    assert ls.hub.stats.resumed_from_stream == 1
+    assert ls.hub.metrics.value("lurestream_resumes_total", outcome="jetstream") == 1
     await ls.publish_stored(SUBJECT, _payload(A, 9))
     assert _ns(await _events(again, 1)) == [9]
 
@@ -279,7 +279,7 @@ async def test_a_new_process_reads_recent_history_into_memory_without_sending_it
         assert fresh.position == seqs[-1]
         outcome = await late.resume(fresh, format_id(late.epoch, seqs[1]))
         assert outcome.failed is None and [seq for seq, _, _ in outcome.items] == seqs[2:]
-        assert late.stats.resumed_from_stream == 0, "served from memory"
+        assert late.metrics.value("lurestream_resumes_total", outcome="jetstream") == 0, "served from memory"
         live = await ls.publish_stored(SUBJECT, _payload(A, 5))
         await ls.wait_for(lambda: late.position == live)
         assert [seq for seq, _, _ in fresh.take()] == [live]
@@ -291,7 +291,7 @@ async def test_a_new_process_reads_recent_history_into_memory_without_sending_it
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.lurestream(jetstream=True, stream_buffer_bytes="64KiB")
 async def test_a_replay_larger_than_the_stream_buffer_is_a_snapshot_not_a_giant_write(ls):
-    """SPEC §11: a resume's replay counts against STREAM_BUFFER_BYTES; past it the client rebuilds from a
+    """protocol §11: a resume's replay counts against STREAM_BUFFER_BYTES; past it the client rebuilds from a
     snapshot (five non-reading resumes of 60 large events took a process from 613 MB to 1.6 GB)."""
     client = await ls.attacker(A)
     await ls.publish_stored(SUBJECT, _payload(A, 0))
@@ -302,7 +302,7 @@ async def test_a_replay_larger_than_the_stream_buffer_is_a_snapshot_not_a_giant_
     again = await _resume(ls, last_id, "header")
     snapshot = await again.next_event()
     assert snapshot.event == "snapshot" and snapshot.json()["resumed"] is False
-    assert ls.hub.stats.resume_failed == {"beyond_stream_buffer": 1}
+    assert failed_resumes(ls.hub) == {"beyond_stream_buffer": 1}
     small = await ls.publish_stored(SUBJECT, _payload(A, 6))
     event = await again.next_event()
     assert event.id == ls.event_id(small), "then live as usual"

@@ -1,4 +1,4 @@
-"""The MongoDB store, with both drivers (SPEC §3, §4, §8, §10), plus MongoDB-down behaviour."""
+"""The MongoDB store, with both drivers (protocol §3, §4, §8, §10), plus MongoDB-down behaviour."""
 
 from __future__ import annotations
 

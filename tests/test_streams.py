@@ -1,4 +1,4 @@
-"""The two streams end to end: frames, snapshots, event names, filters, keepalive (SPEC §2-§4)."""
+"""The two streams end to end: frames, snapshots, event names, filters, keepalive (protocol §2-§4)."""
 
 from __future__ import annotations
 
@@ -245,7 +245,7 @@ async def test_missing_envelope_fields_get_defaults(ls):
 @pytest.mark.gen_test
 async def test_malformed_bus_messages_skipped_without_harm(ls):
     client = await ls.attacker(A)
-    before = ls.hub.stats.malformed
+    before = ls.hub.metrics.value("lurestream_bus_malformed_total")
     for raw in (
         b"not json",
         b"[1, 2]",
@@ -260,7 +260,7 @@ async def test_malformed_bus_messages_skipped_without_harm(ls):
     await ls.publish("attacker.observation.ja3", {"attacker_uuid": A, "ok": True})
     frame = await client.next_event()
     assert frame.json()["payload"]["ok"] is True
-    assert ls.hub.stats.malformed - before == 8
+    assert ls.hub.metrics.value("lurestream_bus_malformed_total") - before == 8
 
 
 @pytest.mark.gen_test

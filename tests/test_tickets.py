@@ -1,4 +1,4 @@
-"""Stream tickets: minted with a Bearer JWT, hashed at rest, single use, redeemable on any process (SPEC §5.3)."""
+"""Stream tickets: minted with a Bearer JWT, hashed at rest, single use, redeemable on any process (protocol §5.3)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ async def test_ticket_only_from_bearer_header_and_not_a_credential_for_minting(l
 
 @pytest.mark.gen_test
 async def test_ticket_checked_before_query_token(ls):
-    """SPEC §5.1 order: a bad ticket is a 401 even when a good ?token= is also present."""
+    """protocol §5.1 order: a bad ticket is a 401 even when a good ?token= is also present."""
     client = await ls.open(STREAM, query={"ticket": "bogus", "token": ls.token()})
     assert client.status == 401
 

@@ -85,7 +85,7 @@ def test_hub_routes_in_one_lookup_and_encodes_once():
     assert c.pending == 0
     assert hub.dispatch("attacker.scored", b'{"payload": {"attacker_ip": "1.1.1.1"}}') == 1
     assert hub.dispatch("attacker.observation.x", b'{"payload": {"attacker_uuid": "nobody"}}') == 0
-    assert hub.stats.unrouted == 1
+    assert hub.metrics.value("lurestream_events_unrouted_total") == 1
     hub.unregister(c)
     hub.unregister(c)
     assert hub.dispatch("attacker.observation.x", b'{"payload": {"attacker_uuid": "u2"}}') == 0, "unregistered"

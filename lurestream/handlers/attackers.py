@@ -1,4 +1,4 @@
-"""The per-attacker stream (SPEC §3): keyed by the attacker's uuid, ip and identity."""
+"""The per-attacker stream (protocol §3): keyed by the attacker's uuid, ip and identity."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class AttackerEventsHandler(StreamHandler):
         return await self.reads.attackers.get(resource_id)
 
     def keys(self, resource: dict[str, Any]) -> list[Key]:
-        # ip and identity_id are read once, when the stream opens (SPEC §3).
+        # ip and identity_id are read once, when the stream opens (protocol §3).
         return attacker_keys(resource)
 
     async def snapshot(self, resource: dict[str, Any]) -> dict[str, Any]:

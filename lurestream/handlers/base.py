@@ -59,7 +59,7 @@ class BaseHandler(tornado.web.RequestHandler):
     auth_required = False
     refusal: str | None = None  # why a request was refused, for its access line
     accept_ticket = False
-    accept_session = False  # the browser session cookie (SPEC §12): streams and picker lists only
+    accept_session = False  # the browser session cookie (protocol §12): streams and picker lists only
     accept_query_token = False
     fresh_credentials = False  # read the user and revocation from the store, not the cache (minting)
 
@@ -115,7 +115,7 @@ class BaseHandler(tornado.web.RequestHandler):
             raise ApiError(400, f"Invalid unicode in {name or 'url'}") from None
 
     async def _authenticate(self) -> Identity:
-        """Credentials in SPEC §5.1/§12 order: Bearer header, ?ticket=, the session cookie, ?token=."""
+        """Credentials in protocol §5.1/§12 order: Bearer header, ?ticket=, the session cookie, ?token=."""
         header = self.request.headers.get("Authorization", "")
         if header:
             scheme, _, token = header.partition(" ")
@@ -203,7 +203,7 @@ def allowed_methods(handler: tornado.web.RequestHandler) -> list[str]:
 
 
 def write_json_error(handler: tornado.web.RequestHandler, status_code: int, exc: ApiError | None = None) -> None:
-    """Every error leaves as ``{"detail": ...}`` JSON (SPEC §1); a 405 names what is allowed."""
+    """Every error leaves as ``{"detail": ...}`` JSON (protocol §1); a 405 names what is allowed."""
     detail = exc.detail if exc is not None else (tornado_internals.reason(handler) or "Internal Server Error")
     if status_code == 401:
         handler.set_header("WWW-Authenticate", "Bearer")

@@ -1,6 +1,7 @@
 """GET /api/v1/attackers and /api/v1/topologies: short lists for the dashboard's pickers.
 
-Same credentials and role gate as the streams (Bearer or ``?token=``; tickets are for streams only).
+Same credentials and role gate as the streams (Bearer, the session cookie or ``?token=``; tickets are for
+streams only).
 ``?limit=`` (1–200, default 50). Values are returned as stored; the page escapes everything it shows.
 """
 

@@ -1,5 +1,6 @@
-"""/healthz (the process serves), /readyz (MongoDB answers and the bus is up or disabled) and
-/metrics (Prometheus text; unauthenticated like the probes — expose it to your scraper only)."""
+"""/healthz (the process serves), /readyz (protocol §1, §16: the store, the bus, the JetStream stream and its
+consumer, the cap's mode — 503 naming whatever is down) and /metrics (Prometheus text; unauthenticated like
+the probes — expose it to your scraper only)."""
 
 from __future__ import annotations
 
@@ -37,10 +38,10 @@ class ReadyHandler(BaseHandler):
             store_state = "down"
         bus_state = self.hub.state
         down = ["store"] if store_state != "ok" else []
-        down += self.hub.problems()  # the bus, the JetStream stream and its consumer (SPEC §16)
+        down += self.hub.problems()  # the bus, the JetStream stream and its consumer (protocol §16)
         if self.settings.get("draining"):
             down.append("draining")
-        # SPEC §13: "cluster" when the per-user cap counts every process, "local" when it has fallen back
+        # protocol §13: "cluster" when the per-user cap counts every process, "local" when it has fallen back
         body: dict[str, Any] = {
             "store": store_state,
             "bus": bus_state,

@@ -1,4 +1,4 @@
-"""POST / DELETE /api/v1/auth/sse-session: browser sessions for native EventSource (SPEC §12).
+"""POST / DELETE /api/v1/auth/sse-session: browser sessions for native EventSource (protocol §12).
 
 A native ``EventSource`` cannot send headers, and a ticket is single-use, so it could not reconnect by
 itself without a long-lived JWT in its URL. ``POST`` (with a Bearer JWT, like tickets) sets an HttpOnly,
@@ -21,7 +21,7 @@ COOKIE_PATH = "/api/v1/"
 
 
 class SessionHandler(BaseHandler):
-    fresh_credentials = True  # a JWT revoked a moment ago mints nothing (SPEC §16)
+    fresh_credentials = True  # a JWT revoked a moment ago mints nothing (protocol §16)
     mint_rate: MintRate
     metrics: Metrics
 

@@ -1,10 +1,10 @@
-"""StreamHandler: the one SSE lifecycle every stream shares (SPEC §2, §7).
+"""StreamHandler: the one SSE lifecycle every stream shares (protocol §2, §7).
 
 Order, all before any byte of the 200: auth (in ``prepare``) → the resource exists (404) → a per-user
 slot (429). Then the connection leaves Tornado: the handler detaches it and hands the socket to the
 process's live writer (``writer.py``), which registers the stream with the hub, sends the headers and
 the opening keepalive at once, and from then on owns every byte the stream gets. The handler's last
-job is the opening content — the replay of a resume (SPEC §7), or else the snapshot — which it reads
+job is the opening content — the replay of a resume (protocol §7), or else the snapshot — which it reads
 while live events already queue in the stream (registered first, so nothing falls between), and then
 the handler is gone: an open stream holds no handler, request, IOStream or coroutine.
 """
@@ -226,7 +226,7 @@ class StreamHandler(BaseHandler):
         return query if query is not None and query.strip() else None
 
     async def _open(self, resource: dict[str, Any], live: LiveStream) -> None:
-        """The opening content: a resume's replay (SPEC §7), or else the snapshot; then live."""
+        """The opening content: a resume's replay (protocol §7), or else the snapshot; then live."""
         requested = self.last_event_id()
         if requested is not None:
             outcome = await self.hub.resume(live, requested, max_bytes=self.config.stream_buffer_bytes)

@@ -1,4 +1,4 @@
-"""POST /api/v1/auth/sse-ticket: trade a Bearer JWT for a single-use stream ticket (SPEC §5.3)."""
+"""POST /api/v1/auth/sse-ticket: trade a Bearer JWT for a single-use stream ticket (protocol §5.3)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ TOO_MANY_MINTS = "Too many ticket requests"
 
 
 def check_mint_rate(mint_rate: MintRate, metrics: Metrics, user: str) -> None:
-    """SPEC §11: at most MINT_RATE tickets and sessions per user per process; 429 with Retry-After."""
+    """protocol §11: at most MINT_RATE tickets and sessions per user per process; 429 with Retry-After."""
     wait = mint_rate.take(user)
     if wait:
         metrics.http_refused.labels("mint_rate").inc()
@@ -21,7 +21,7 @@ def check_mint_rate(mint_rate: MintRate, metrics: Metrics, user: str) -> None:
 
 class TicketHandler(BaseHandler):
     auth_required = True  # Bearer header only: no ticket, no ?token=
-    fresh_credentials = True  # a JWT revoked a moment ago mints nothing (SPEC §16)
+    fresh_credentials = True  # a JWT revoked a moment ago mints nothing (protocol §16)
     mint_rate: MintRate
     metrics: Metrics
 

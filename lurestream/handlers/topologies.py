@@ -1,4 +1,4 @@
-"""The per-topology stream (SPEC §4): keyed by the topology id."""
+"""The per-topology stream (protocol §4): keyed by the topology id."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ class Store(Protocol):
     async def delete_session(self, session_hash: str) -> None: ...
 
     async def get_users(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
-        """Several users at once (the open-stream credential sweep, SPEC §12)."""
+        """Several users at once (the open-stream credential sweep, protocol §12)."""
         ...
 
     async def look_up_users(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
@@ -45,7 +45,7 @@ class Store(Protocol):
         ...
 
     async def sessions_among(self, session_hashes: list[str]) -> set[str]:
-        """Which of these sessions still exist (a signed-out session ends its streams, SPEC §12)."""
+        """Which of these sessions still exist (a signed-out session ends its streams, protocol §12)."""
         ...
 
     async def revoked_among(self, jtis: list[str]) -> set[str]:
@@ -75,7 +75,7 @@ class Store(Protocol):
         ...
 
     async def latest_observations(self, attacker_uuid: str) -> list[dict[str, Any]]:
-        """Per primitive, the observation with the greatest ``ts``; sorted by primitive (SPEC §3)."""
+        """Per primitive, the observation with the greatest ``ts``; sorted by primitive (protocol §3)."""
         ...
 
     async def latest_observations_many(self, uuids: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -83,7 +83,7 @@ class Store(Protocol):
         ...
 
     async def in_flight_mutations(self, topology_id: str) -> list[dict[str, Any]]:
-        """Pending (newest first) then applying (newest first) mutations, JSON-ready (SPEC §4)."""
+        """Pending (newest first) then applying (newest first) mutations, JSON-ready (protocol §4)."""
         ...
 
     async def in_flight_mutations_many(self, topology_ids: list[str]) -> dict[str, list[dict[str, Any]]]: ...

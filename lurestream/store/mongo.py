@@ -3,7 +3,7 @@
 Only standard query features are used (find, find_one, find_one_and_delete, aggregate with
 $match/$sort/$group/$first), so the same code runs on MongoDB and on MongoDB-wire servers.
 Connection failures and timeouts become :class:`StoreUnavailable` after at most ``timeout_ms``.
-The server writes nowhere but ``sse_tickets`` and ``sse_sessions`` (SPEC §8, §12).
+The server writes nowhere but ``sse_tickets`` and ``sse_sessions`` (protocol §8, §12).
 """
 
 from __future__ import annotations

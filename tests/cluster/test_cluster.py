@@ -1,4 +1,4 @@
-"""One cluster, failures on purpose (SPEC §7, §13): a NATS node, a host killed, a rolling restart, a
+"""One cluster, failures on purpose (protocol §7, §13): a NATS node, a host killed, a rolling restart, a
 paused host — and not one event lost or doubled on any client.
 
 Every test runs a whole cluster (clusterkit.py: 3 NATS nodes with JetStream R3, 3 lurestream hosts on
@@ -119,7 +119,7 @@ async def test_killing_the_nats_node_of_a_host_loses_nothing_and_reconnects_no_s
 
 @pytest.mark.gen_test(timeout=150)
 async def test_pausing_the_nats_node_of_a_host_is_left_within_10_seconds(cluster, followers, publisher):
-    """SPEC §16: SIGSTOP the node a host uses — its streams got nothing for the whole 30 s (nats.py pinged
+    """protocol §16: SIGSTOP the node a host uses — its streams got nothing for the whole 30 s (nats.py pinged
     every 120 s), while JetStream itself re-elected in 7.4 s. The host must move to another node within 10 s
     and its streams go on, with nothing lost and no client reconnecting."""
     group = followers(30)
@@ -209,7 +209,7 @@ async def test_a_killed_host_s_clients_resume_exactly_on_the_others(cluster, fol
 @pytest.mark.gen_test(timeout=120)
 @pytest.mark.cluster(cap_lease_seconds=10)
 async def test_users_at_their_cap_on_a_killed_host_are_back_within_the_lease(cluster, followers, publisher):
-    """SPEC §13/§16: 5,000 streams on a SIGKILLed host got 16,698 × 429 and nobody streamed for 24 s (a 30 s
+    """protocol §13/§16: 5,000 streams on a SIGKILLed host got 16,698 × 429 and nobody streamed for 24 s (a 30 s
     lease); a native EventSource stops for good on a 429. Now the lease is 10 s and a reconnect at the cap
     is told to wait (200, retry:, `unavailable`), never a final 429: every user is back within ~10 s."""
     group = followers(25, start_on=0)  # 5 users × 5 streams, all on host 0: each user at the cap there
@@ -320,7 +320,7 @@ async def test_a_paused_host_loses_nothing(cluster, followers, publisher):
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_stream_opening_as_the_drain_begins_is_closed_within_the_drain(cluster, followers):
-    """SPEC §7: after SIGTERM the open streams are closed over DRAIN_SECONDS, then the process exits. A
+    """protocol §7: after SIGTERM the open streams are closed over DRAIN_SECONDS, then the process exits. A
     request already in its handler when the signal comes (here: waiting for its user's look-up, MongoDB
     being paused for a moment) opens its stream after the drain has listed the streams to close: it
     must still be closed within the window (or refused), not kept until the drain's safety deadline."""
