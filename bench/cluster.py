@@ -6,8 +6,10 @@ Starts the cluster of tests/cluster (clusterkit.py: a 3-node NATS cluster with J
 replicas 3; one MongoDB-wire server; 3 lurestream hosts × 1 process on 127.0.0.2-4, one port), then:
 1. ``--streams`` SSE streams from bench/cluster_loadgen.c (built with the system C compiler), over
    ``--attackers`` attackers, 5 per user (the per-user cap, counted across hosts), each starting on
-   host ``i % 3`` and reconnecting on its own like EventSource: ``Last-Event-ID``, the ``retry:`` hint,
-   another host when one ends the stream or refuses;
+   host ``i % 3`` and reconnecting on its own like EventSource: ``Last-Event-ID`` (the last id received,
+   ``<epoch>-<sequence>``, sent back verbatim), the ``retry:`` hint, another host when one ends the stream
+   or refuses, and the "retry later" answer (a 200 with ``event: unavailable``: wait its ``retry:``, counted
+   as ``wait_<status>``);
 2. steady publishing through JetStream (``--rate`` events/s spread over the attackers, each publish
    retried with its ``Nats-Msg-Id`` until stored once) for ``--warm`` seconds;
 3. a rolling restart: each host in turn gets SIGTERM, drains over ``--drain`` seconds, exits and is
@@ -50,9 +52,12 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "cluster"))
 
 from clusterkit import Cluster, Host, Publisher, die_with_parent, peak_per_second, read_stream  # noqa: E402
 
-RECORD = struct.Struct("<BBHIqdd")
+# bench/cluster_loadgen.c's records: type, flags, host, epoch (0: no id; else 1 + its index in the summary's
+# "epochs"), conn, seq (an id's sequence: the part after its last '-'), t1, t2
+RECORD = struct.Struct("<BBBBIqdd")
 EVENT, SESSION, OPENING, END, REFUSED = 1, 2, 3, 4, 5
-OPENINGS = {0: "snapshot", 1: "resumed", 2: "rebuilt", 3: "other"}
+OPENINGS = {0: "snapshot", 1: "resumed", 2: "rebuilt", 3: "other", 4: "error/end"}
+Record = tuple[int, int, int, int, int, int, float, float]
 
 
 def build_loadgen(work: str) -> str:
@@ -98,7 +103,8 @@ class Loadgen:
         )
         self.ready = threading.Event()
         self.last_status = ""
-        self.ids: tuple[int, int] = (0, -1)  # streams open, the lowest last event id over all streams
+        # streams open, the lowest last id's sequence over the streams on the newest epoch, streams not on it
+        self.ids: tuple[int, int, int] = (0, -1, 0)
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
@@ -111,7 +117,7 @@ class Loadgen:
                 self.last_status = line
             if line.startswith("IDS"):
                 fields = dict(part.split("=") for part in line.split()[1:])
-                self.ids = (int(fields["streaming"]), int(fields["min"]))
+                self.ids = (int(fields["streaming"]), int(fields["min"]), int(fields["behind"]))
                 continue
             print(f"  loadgen: {line}", file=sys.stderr, flush=True)
 
@@ -121,8 +127,8 @@ class Loadgen:
         while time.monotonic() - t0 < timeout:
             self.proc.send_signal(signal.SIGUSR1)
             await asyncio.sleep(0.5)
-            streaming, lowest = self.ids
-            if streaming == count and lowest >= seq:
+            streaming, lowest, behind = self.ids
+            if streaming == count and not behind and lowest >= seq:
                 break
         return time.monotonic() - t0
 
@@ -131,7 +137,7 @@ class Loadgen:
         out, _ = self.proc.communicate(timeout=60)
         return dict(json.loads(out.strip().splitlines()[-1]))
 
-    def read_records(self) -> list[tuple[int, int, int, int, int, float, float]]:
+    def read_records(self) -> list[Record]:
         with open(self.records, "rb") as fh:
             data = fh.read()
         return list(RECORD.iter_unpack(data))
@@ -313,10 +319,10 @@ class Stream:
     connected: bool = False  # a stream open when the run ended
 
 
-def streams_from(records: list[tuple[int, int, int, int, int, float, float]]) -> tuple[dict[int, Stream], Counter]:
+def streams_from(records: list[Record]) -> tuple[dict[int, Stream], Counter]:
     streams: dict[int, Stream] = defaultdict(Stream)
     refusals: Counter[str] = Counter()
-    for kind, flags, host, conn, seq, t1, t2 in records:
+    for kind, flags, host, _epoch, conn, seq, t1, t2 in records:
         s = streams[conn]
         if kind == EVENT:
             s.events.append((seq, t1, t2, bool(flags & 1)))
@@ -331,11 +337,12 @@ def streams_from(records: list[tuple[int, int, int, int, int, float, float]]) ->
         elif kind == END:
             s.connected = False
         elif kind == REFUSED:
-            refusals[f"HTTP {seq}" if flags == 2 else ("timeout" if flags == 1 else "refused/reset")] += 1
+            why = {3: f"wait_{seq}", 2: f"HTTP {seq}", 1: "timeout"}.get(flags, "refused/reset")
+            refusals[why] += 1
     return streams, refusals
 
 
-def analyse(run: Run, truth: list[Any], records: list[tuple[int, int, int, int, int, float, float]]) -> str:
+def analyse(run: Run, truth: list[Any], records: list[Record]) -> str:
     by_attacker: dict[str, list[Any]] = defaultdict(list)
     for item in truth:
         by_attacker[item.attacker].append(item)
@@ -412,7 +419,7 @@ def analyse(run: Run, truth: list[Any], records: list[tuple[int, int, int, int, 
     for s in streams.values():
         later.extend(t for _host, _sent, t in s.sessions[1:])
     later.sort()
-    ends = sorted((host, t1) for kind, flags, host, _conn, _seq, t1, _t2 in records if kind == END and flags == 0)
+    ends = sorted((host, t1) for kind, flags, host, _e, _conn, _seq, t1, _t2 in records if kind == END and flags == 0)
     drain_rows = []
     for index, restart in enumerate(run.restarts):
         drops = [t for host, t in ends if host == index and restart.sigterm <= t <= restart.exited + 0.5]

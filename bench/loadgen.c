@@ -19,6 +19,11 @@
  *
  * A response other than 200 is counted by status and its connection closed at once (an EventSource
  * does not retry those); "up" counts streams that got a 200 and are still open.
+ * "Retry later" (a refusal that clears on its own, answered to `Accept: text/event-stream` as a 200 with
+ * Content-Length: `retry: N`, `event: unavailable` with {"status": 429|503, ...}, then the end of the
+ * response) is never a stream: it is counted in "statuses" as "wait_<status>" (not as a 200, and not in
+ * the connect→headers latency) and the connection is opened again N ms later, as EventSource does, without
+ * using up RETRIES; after MAX_WAITS such answers in a row the connection gives up (never up).
  * Signals: SIGUSR1 resets the event counters (the runner sends it when the load starts); SIGUSR2 marks
  * the end of publishing (what arrives after it is reported separately: in-flight deliveries; once no
  * event has arrived for QUIET seconds after it, one line "DRAINED after=N" goes to stderr);
@@ -37,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -51,6 +57,7 @@
 #define SAMPLES 1000000
 #define MAX_SOURCES 64
 #define MAX_ERRNO 200
+#define MAX_WAITS 30 /* "retry later" answers in a row a connection follows before it gives up */
 #define QUIET 2.0 /* seconds without an event, after publishing ended, that mean nothing is in flight */
 
 enum { CONNECTING, SENT, STREAMING, CLOSED };
@@ -63,6 +70,8 @@ typedef struct {
     double started;
     int status;
     int attempts; /* retries made */
+    int waits; /* "retry later" answers in a row */
+    int wait_len; /* while its body arrives: the head's length plus Content-Length; else 0 */
     char carry[CARRY]; /* the response head while it arrives, then an unfinished frame */
     int carried;
 } conn_t;
@@ -93,7 +102,7 @@ static double pct(reservoir_t *r, double p) {
 static reservoir_t headers_lat, event_lat;
 static long events = 0, bytes_in = 0, closed_early = 0, up = 0, non200 = 0;
 static long failed_connect = 0, failed_headers = 0, retry_frames = 0, error_frames = 0;
-static long statuses[600];
+static long statuses[600], wait_statuses[600], waits_gave_up = 0;
 static long connect_errors[MAX_ERRNO + 1];
 static long events_at_mark = -1;
 static double mark_at = 0, last_event_at = 0;
@@ -147,6 +156,25 @@ static void refused(long idx) {
     }
 }
 
+/* a "retry later" answer, complete in c->carry: open the connection again after its retry: */
+static void waited(long idx, int head_len) {
+    conn_t *c = &conns[idx];
+    const char *body = c->carry + head_len;
+    const char *r = strstr(body, "retry: ");
+    int retry_ms = r ? atoi(r + 7) : 3000;
+    const char *st = strstr(body, "\"status\"");
+    int status = 0;
+    if (st) { st += 8; while (*st == ':' || *st == ' ') st++; status = atoi(st); }
+    wait_statuses[status > 0 && status < 600 ? status : 0]++;
+    epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    c->state = CLOSED; c->carried = 0; c->wait_len = 0;
+    if (++c->waits > MAX_WAITS) { c->why = NEVER_UP; waits_gave_up++; return; }
+    c->why = 0;
+    long pos = (rq_head + rq_len) % rq_cap;
+    rq[pos] = idx; rq_due[pos] = now_mono() + retry_ms / 1000.0; rq_len++;
+}
+
 static void give_up(long idx) {
     epoll_ctl(ep, EPOLL_CTL_DEL, conns[idx].fd, NULL);
     close(conns[idx].fd);
@@ -155,7 +183,7 @@ static void give_up(long idx) {
 
 static void open_conn(long idx) {
     conn_t *c = &conns[idx];
-    c->status = 0; c->carried = 0; c->why = 0; c->state = CONNECTING;
+    c->status = 0; c->carried = 0; c->why = 0; c->state = CONNECTING; c->wait_len = 0;
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     if (c->fd < 0) { connect_error(errno); refused(idx); return; }
     if (nsources) {
@@ -316,12 +344,27 @@ int main(int argc, char **argv) {
                             }
                             int head_len = (int)(h + 4 - c->carry);
                             c->status = c->carried > 12 ? atoi(c->carry + 9) : 0;
+                            if (c->status == 200 && !c->wait_len) {
+                                /* Content-Length on a 200: the "retry later" answer; wait for its body */
+                                for (char *line = strstr(c->carry, "\r\n"); line && line < h; line = strstr(line + 2, "\r\n"))
+                                    if (!strncasecmp(line + 2, "content-length:", 15)) {
+                                        c->wait_len = head_len + atoi(line + 17);
+                                        if (c->wait_len >= CARRY - 1) c->wait_len = CARRY - 2;
+                                        break;
+                                    }
+                            }
+                            if (c->wait_len) {
+                                if (c->carried < c->wait_len) continue;
+                                inflight--;
+                                waited(idx, head_len);
+                                break;
+                            }
                             inflight--;
                             statuses[c->status > 0 && c->status < 600 ? c->status : 0]++;
                             res_add(&headers_lat, now_mono() - c->started);
                             if (connect_log) fprintf(connect_log, "%ld %.6f %.6f %d\n", idx, c->started - run_began, now_mono() - c->started, c->status);
                             if (c->status != 200) { non200++; give_up(idx); break; }
-                            c->state = STREAMING; up++;
+                            c->state = STREAMING; up++; c->waits = 0;
                             last_up = now_mono();
                             /* what followed the head in these reads (the opening keepalive, a snapshot...) */
                             int rest = c->carried - head_len;
@@ -376,6 +419,9 @@ int main(int argc, char **argv) {
     int first = 1;
     for (int s = 0; s < 600; s++)
         if (statuses[s]) { printf("%s\"%d\":%ld", first ? "" : ",", s, statuses[s]); first = 0; }
+    for (int s = 0; s < 600; s++)
+        if (wait_statuses[s]) { printf("%s\"wait_%d\":%ld", first ? "" : ",", s, wait_statuses[s]); first = 0; }
+    if (waits_gave_up) { printf("%s\"wait_gave_up\":%ld", first ? "" : ",", waits_gave_up); first = 0; }
     printf("},\"connect_errors\":{");
     first = 1;
     for (int e = 0; e <= MAX_ERRNO; e++) {

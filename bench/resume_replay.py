@@ -5,7 +5,8 @@ fresh connect with a snapshot (the baseline) measured in the same run.
 
 Starts its own nats-server (JetStream) and MongoDB-wire server and ``lurestream serve``; publishes the
 largest gap of events (``--share`` of them for the watched attacker, the rest for others) and resumes
-from ``position - gap`` for each gap. Prints a Markdown table.
+from ``<epoch>-<position - gap>`` for each gap (the epoch and position of a fresh connect's snapshot id).
+Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pymongo import MongoClient
 from serving import SECRET, serve
 
 from lurestream.config import config_from
+from lurestream.eventids import format_id, parse_id
 from lurestream.localservices import free_port, mongo_wire_server, nats_server
 from lurestream.tokens import mint_token
 
@@ -80,12 +82,17 @@ async def run(args: argparse.Namespace, port: int, nats_url: str, token: str) ->
     for _ in range(args.repeat):
         seconds, text = await connect_until(port, path, "", snapshot_complete)
         snaps.append(seconds)
-    position = int(text.split("id: ")[1].split("\n")[0])
+    snapshot_id = text.partition("event: snapshot")[0].rsplit("id: ", 1)[1].split("\n")[0]  # the snapshot's id
+    parsed = parse_id(snapshot_id)
+    if parsed is None:
+        raise RuntimeError(f"the snapshot's id {snapshot_id!r} is not <epoch>-<sequence>")
+    epoch, position = parsed
     rows.append(("fresh connect (snapshot)", statistics.median(snaps), 0))
     for gap in args.gaps:
         times = []
+        resume_from = format_id(epoch, position - gap)  # an id of the same stream, `gap` messages back
         for _ in range(args.repeat):
-            seconds, _text = await connect_until(port, path, f"Last-Event-ID: {position - gap}\r\n", replay_complete)
+            seconds, _text = await connect_until(port, path, f"Last-Event-ID: {resume_from}\r\n", replay_complete)
             times.append(seconds)
         rows.append((f"resume, gap {gap} messages", statistics.median(times), gap))
     return rows
