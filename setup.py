@@ -13,7 +13,7 @@ setup(
     package_data={"lurestream": ["static/*"]},
     install_requires=[
         "tornado>=6.4,<6.7",  # lurestream/tornado_internals.py: checked on 6.6
-        "nats-py>=2.16,<2.17",  # lurestream/natsclient.py overrides internals checked on 2.16
+        "nats-py[nkeys]>=2.16,<2.17",  # lurestream/natsclient.py overrides internals checked on 2.16
         "pymongo>=4.13",
         "motor>=3.7",
         "pyjwt[crypto]>=2.10",

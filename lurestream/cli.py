@@ -151,7 +151,7 @@ def _init_nats(flags: dict[str, str | None]) -> int:
     from lurestream.redact import redact
 
     async def run() -> tuple[str, api.StreamInfo]:
-        nc = await connect_once(config.nats_url, "lurestream init-nats")
+        nc = await connect_once(config.nats_url, "lurestream init-nats", config=config)
         try:
             return await ensure_stream(nc.jetstream(), config)
         finally:

@@ -432,6 +432,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("nats_tls_cert_file", "", _readable_file, "client certificate for NATS mutual TLS (PEM)"),
     Setting("nats_tls_key_file", "", _readable_file, "the client certificate's private key (PEM)"),
+    Setting(
+        "nats_inbox_prefix",
+        "_INBOX",
+        _str,
+        "the subject prefix of this connection's reply inboxes (`lurestream publish` as a publisher allowed only "
+        "its own inboxes, e.g. `_INBOX_decnet`; see docs/operations.md)",
+    ),
 )
 
 
@@ -500,6 +507,7 @@ class Config:
     nats_tls_ca_file: str
     nats_tls_cert_file: str
     nats_tls_key_file: str
+    nats_inbox_prefix: str
     jwt_public_key: str = field(repr=False)
     jwt_secret_ephemeral: bool = False
 

@@ -22,8 +22,11 @@ other than a protocol or OS error; no release handles either. ``setup.py`` pins 
 were checked against; ``tests/test_integrity.py`` runs each case against a real server (2.14 and Debian's 2.9.10), and
 ``tests/test_natsclient.py`` checks the internals these overrides rely on.
 
-The client also records when each subscription last received anything (data, heartbeats, flow control),
-so readiness can tell a consumer that stopped making progress (protocol §16, "Readiness tells the truth").
+The client also records when each subscription last received anything (data, heartbeats, flow control —
+but not a heartbeat saying the consumer is stalled on flow control), so readiness can tell a consumer that
+stopped making progress (protocol §16, "Readiness tells the truth"). And it refuses to speak in the clear
+when TLS was asked for: nats.py upgrades to TLS only when the server asks, so a server (or a man in the
+middle) that does not ask would get the credentials in plain text.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ log = logging.getLogger("lurestream.nats")
 _STATUS_HEADER_PREFIX = b"NATS/1.0 "  # a status line: "NATS/1.0 100 Idle Heartbeat"
 _PLAIN_HEADER_LINE = b"NATS/1.0\r\n"
 _JETSTREAM_DELIVERY = b"$JS.ACK."
+_STALLED = b"Nats-Consumer-Stalled"  # a heartbeat of a consumer waiting for a flow-control reply
 
 # Pings: nats.py's defaults (every 120 s, 2 outstanding) leave a paused or partitioned server for ~6 minutes.
 # Every second with 2 outstanding, a silent server is left after ~3 s (protocol §16: within 10 s, with the
@@ -101,6 +105,17 @@ class GuardedClient(Client):
             self._tried.add(choice.uri.netloc)
         return choice, 0.0
 
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        """Before any credential is sent: a server that does not require TLS is refused when TLS was asked
+        for (``LURESTREAM_NATS_TLS_*`` or a ``tls://`` URL)."""
+        if initial_connection and self.wants_tls and not info.get("tls_required"):
+            raise errors.Error("nats: TLS required by this client, but the server does not offer it")
+        await super()._process_info(info, initial_connection)
+
+    @property
+    def wants_tls(self) -> bool:
+        return "tls" in self.options or any(s.uri is not None and s.uri.scheme == "tls" for s in self._server_pool)
+
     # -- the overrides -------------------------------------------------------------------------------------
     def _build_message(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: dict[str, str] | None
@@ -124,7 +139,7 @@ class GuardedClient(Client):
 
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         sub = self._subs.get(sid)
-        if sub is not None:
+        if sub is not None and not (headers and _STALLED in headers):
             self._last_inbound[sub] = time.monotonic()
         if headers and reply.startswith(_JETSTREAM_DELIVERY) and headers.startswith(_STATUS_HEADER_PREFIX):
             # A stored message: its status line came from a publisher, not the server (module docstring).
@@ -175,6 +190,8 @@ def auth_options(config: Any) -> dict[str, Any]:
         options["password"] = getattr(config, "nats_password", "")
     if getattr(config, "nats_token", ""):
         options["token"] = config.nats_token
+    if getattr(config, "nats_inbox_prefix", ""):  # a publisher allowed only its own inboxes (docs/operations.md)
+        options["inbox_prefix"] = config.nats_inbox_prefix
     tls = tls_context(
         getattr(config, "nats_tls_ca_file", ""),
         getattr(config, "nats_tls_cert_file", ""),
