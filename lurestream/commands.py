@@ -10,7 +10,6 @@ import json
 import random
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -18,6 +17,7 @@ from typing import Any, TextIO
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from lurestream.config import Config
+from lurestream.envelope import encode_envelope
 from lurestream.redact import redact
 
 
@@ -176,12 +176,6 @@ def _detail(exc: HTTPClientError, streamed: str) -> str:
 
 
 # -- publish -----------------------------------------------------------------------------------------
-def envelope(subject: str, payload: dict[str, Any], type_: str) -> bytes:
-    """A well-formed protocol §6 body."""
-    body = {"v": 1, "id": uuid.uuid4().hex, "topic": subject, "type": type_, "ts": time.time(), "payload": payload}
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
 def parse_payload(raw: str) -> dict[str, Any]:
     try:
         value = json.loads(raw)
@@ -196,9 +190,9 @@ async def publish(config: Config, subject: str, payload: dict[str, Any], type_: 
     """Publish one envelope; with JetStream on, through it (so the answer names the stream sequence)."""
     from lurestream.jetstream import connect_once
 
-    nc = await connect_once(config.nats_url, "lurestream publish")
+    nc = await connect_once(config.nats_url, "lurestream publish", config=config)
     try:
-        body = envelope(subject, payload, type_)
+        body = encode_envelope(subject, payload, type_)
         if config.jetstream:
             ack = await nc.jetstream().publish(subject, body)
             return f"published to {subject} (stream {ack.stream}, sequence {ack.seq})"

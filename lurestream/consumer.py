@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("lurestream.consumer")
 
 CHECK_SECONDS = 2.0  # stream info read this often (a re-creation is noticed within ~2 s)
-STALL_SECONDS = 10.0  # protocol §16: no message or heartbeat this long: the consumer has stopped
+STALL_SECONDS = 10.0  # protocol §16: no message or heartbeat this long: the consumer has stopped (readiness)
+REPLACE_SECONDS = 3.0  # three heartbeats missed: replace the consumer (again each pass until it works)
 IDLE_HEARTBEAT_SECONDS = 1.0
 INFO_TIMEOUT_SECONDS = 2.0
 
@@ -78,6 +79,7 @@ class StreamConsumer:
         self._check_now = asyncio.Event()
         self._replace = False  # the consumer is to be replaced (after a reconnect)
         self._next_probe = 0.0
+        self._probe_failures = 0
         self.store_problem: str | None = None
         self.on_open: Callable[[], Awaitable[None]] | None = None  # a late start succeeded
 
@@ -159,6 +161,19 @@ class StreamConsumer:
         max_msgs = info.config.max_msgs
         if max_msgs is not None and max_msgs > 0:
             memory.max_events = min(memory.max_events, int(max_msgs))
+        subjects = list(info.config.subjects or [])
+        missing = [f for f in SUBJECT_FAMILIES if f not in subjects]
+        if missing:
+            log.warning(
+                "JetStream stream %s does not carry %s: those events cannot reach any stream; "
+                "run `lurestream init-nats` to add them",
+                self.name,
+                ", ".join(missing),
+            )
+        # a filter only when the stream carries more than our families (JetStream refuses a filter that
+        # matches none of its subjects, and an unfiltered consumer costs the server less)
+        ours = [f for f in SUBJECT_FAMILIES if f in subjects]
+        self.hub.filters = self.hub.replayer.filters = None if set(subjects) <= set(ours) else ours
         if fresh_process:
             start = max(first, last - memory.max_events + 1, 1)
             live_from = last + 1
@@ -179,7 +194,7 @@ class StreamConsumer:
             config=api.ConsumerConfig(
                 deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=start,
-                filter_subjects=list(SUBJECT_FAMILIES),
+                filter_subjects=self.hub.filters,
             ),
         )
         self._subscribed_at = time.monotonic()
@@ -212,7 +227,7 @@ class StreamConsumer:
                 pass
             now = time.monotonic()
             silent = self._silent_for(now)
-            waiting = (self._sub is None or self._replace) and bool(self.hub.epoch)  # to be replaced: every pass
+            waiting = (self._sub is None or self._replace or silent > REPLACE_SECONDS) and bool(self.hub.epoch)
             if self._check_now.is_set() or now >= next_check or waiting or silent > 2.5 * IDLE_HEARTBEAT_SECONDS:
                 self._check_now.clear()
                 next_check = now + CHECK_SECONDS
@@ -270,9 +285,12 @@ class StreamConsumer:
                 self._replace = False
                 await self._unsubscribe()
                 await self._subscribe()
-            elif self._silent_for(time.monotonic()) > STALL_SECONDS:
-                self._set_problem(CONSUMER_STALLED)
-                log.warning("JetStream consumer silent for %.0fs; replacing it", STALL_SECONDS)
+            elif (silent := self._silent_for(time.monotonic())) > REPLACE_SECONDS:
+                # a consumer whose server went away (a paused node led the stream): nats.py's own reset
+                # waits on the same JetStream; try a new one every pass, and say so once it is long
+                if silent > STALL_SECONDS:
+                    self._set_problem(CONSUMER_STALLED)
+                log.warning("JetStream consumer silent for %.1fs; replacing it", silent)
                 await self._unsubscribe()
                 await self._subscribe()
                 return
@@ -305,6 +323,12 @@ class StreamConsumer:
                 await self.js.publish(subject, bytes(PROBE_BYTES), stream=name, timeout=INFO_TIMEOUT_SECONDS)
         except Exception as exc:
             error = f"{NOT_STORING}: {type(exc).__name__}: {str(exc)[:120]}"
+        # one refusal may be a moment's (the probe stream created by another process an instant ago, a
+        # leader election): try again in a second, and say so when the second attempt fails too
+        self._probe_failures = self._probe_failures + 1 if error else 0
+        if error and self._probe_failures < 2:
+            self._next_probe = time.monotonic() + 1.0
+            return
         if error != self.store_problem:
             if error:
                 log.warning("JetStream stream %s: %s", self.name, error)

@@ -12,7 +12,6 @@ a second server, verify against the demo's), else a random one printed for the s
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import secrets
@@ -26,6 +25,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from lurestream.config import Config, config_from
+from lurestream.envelope import encode_envelope
 from lurestream.localservices import ServiceError, free_port, mongo_wire_server, nats_server
 from lurestream.logs import setup_logging
 from lurestream.tokens import mint_token
@@ -120,9 +120,7 @@ def seed(client: Any, db_name: str) -> None:
 
 
 def envelope(topic: str, type_: str, payload: dict[str, Any]) -> bytes:
-    return json.dumps(
-        {"v": 1, "id": secrets.token_hex(8), "topic": topic, "type": type_, "ts": time.time(), "payload": payload}
-    ).encode()
+    return encode_envelope(topic, payload, type_)
 
 
 def simulated_event(rng: random.Random) -> tuple[str, bytes]:

@@ -520,16 +520,15 @@ class GuardedStream(IOStream):
                 data = error_response(400, "Bad request: malformed request line or headers", self.edge.cors_headers())
         return super().write(data)
 
-    def hand_off(self) -> socket.socket:
-        """Give the connection to the live writer: a socket of its own (a duplicate, so Tornado can
-        close its side cleanly). The per-address count (taken at the request's head, under ``address``)
-        stays taken: the writer releases it (``edge.connections.release(address)``) when the stream ends."""
+    def hand_off(self) -> str:
+        """The connection leaves Tornado for the live writer, which has its own duplicate of the socket
+        (``lifecycle.StreamOwner.open``): close this side, and return the address the per-address count
+        was taken under ("" when none) — it stays taken, and the stream's owner gives it back."""
         if self.closed():  # the client left while its request was being answered
             raise StreamClosedError()
-        sock = self.socket.dup()
         self._handed_off = True
         self.close()
-        return sock
+        return self.address
 
 
 class _Guard(httputil.HTTPMessageDelegate):

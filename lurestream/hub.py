@@ -56,6 +56,7 @@ class Subscriber(Protocol):
     position: int | None
     epoch: str
     serial: int
+    floor: int  # live events at or below this sequence are ones it already has (after a resume)
 
     def put_nowait(self, item: Item) -> bool: ...
 
@@ -63,7 +64,7 @@ class Subscriber(Protocol):
 def _item(target: Route, env: Envelope, seq: int, epoch: str) -> Item:
     """The queue item of a routed event, encoded once: ``seq`` (0 without JetStream) becomes its ``id:``."""
     event_id = eventids.format_id(epoch, seq) if seq else None
-    return seq, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, event_id), env.ts
+    return Item(seq, sse.encode_event(target.event, env.topic, env.type, env.ts, env.payload, event_id), env.ts)
 
 
 def _utf8(subject: str) -> bool:
@@ -130,6 +131,7 @@ class Hub:
         self.replay_max = replay_max
         self.position: int | None = None  # last stream sequence dispatched (JetStream only)
         self.epoch = ""  # the JetStream stream's identity (eventids), "" until known
+        self.filters: list[str] | None = None  # the consumer's subject filter (None: the whole stream)
         # how many routed events are kept for resumes: replay_max, or fewer if the stream keeps fewer
         self.memory = ReplayMemory(
             replay_max if replay_memory < 0 else min(replay_memory, replay_max), replay_memory_bytes
@@ -181,12 +183,12 @@ class Hub:
                 if not subs:
                     del self._routes[key]
 
-    def record_lagging(self) -> None:
-        """Count a stream closed for falling behind."""
-        self.metrics.lagging.inc()
-
-    def record_send_timeout(self) -> None:
-        self.metrics.send_timeouts.inc()
+    def keepalive_id(self, stream: Subscriber) -> str | None:
+        """The id an idle keepalive of ``stream`` carries: the position it has seen up to (JetStream only)."""
+        position = self.live_position
+        if position is None:
+            return None
+        return eventids.format_id(self.epoch, max(position, stream.floor))
 
     @property
     def subscription_count(self) -> int:
@@ -253,22 +255,28 @@ class Hub:
         except MalformedMessage as exc:
             return self._malformed(subject, exc)
         target = route(subject, env.payload)
-        subs = None if target is None else self._routes.get(target.key)
-        if target is not None and (seq or subs):
+        if target is None:
+            metrics.events_unrouted.inc()
+            return 0
+        subs = self._routes.get(target.key)
+        also = None if target.also is None else self._routes.get(target.also)
+        if seq or subs or also:
             item = _item(target, env, seq, self.epoch)
             if len(item[1]) > self.max_frame_bytes:  # protocol §16: could never fit a stream's buffer
                 return self._malformed(subject, MalformedMessage(f"frame of {len(item[1])} bytes, over the bound"))
             if seq:
-                self.memory.remember(seq, target.key, item)
+                self.memory.remember(seq, target.key, item, target.also)
                 if seq < self._live_from:
                     return 0
-        if not subs or target is None:
+        if not subs and not also:
             metrics.events_unrouted.inc()
             return 0
         delivered = 0
-        for sub in tuple(subs):  # a copy: a lagging stream unregisters itself while we iterate
-            if sub.put_nowait(item):
-                delivered += 1
+        for targets in (subs, also):
+            if targets:
+                for sub in tuple(targets):  # a copy: a lagging stream unregisters itself while we iterate
+                    if sub.put_nowait(item):
+                        delivered += 1
         if delivered:
             metrics.events_forwarded.inc(delivered)
             if self.on_delivered is not None:
@@ -309,7 +317,7 @@ class Hub:
         except MalformedMessage:
             return None
         target = route(msg.subject, env.payload)
-        if target is None or target.key not in wanted:
+        if target is None or (target.key not in wanted and target.also not in wanted):
             return None
         item = _item(target, env, int(msg.metadata.sequence.stream), self.epoch)
         return None if len(item[1]) > self.max_frame_bytes else item

@@ -77,12 +77,15 @@ async def connect_once(url: str, name: str, timeout: float = 5.0, config: Config
 
 
 async def ensure_stream(js: JetStreamContext, config: Config) -> tuple[str, api.StreamInfo]:
-    """Create the stream, or update its subjects and limits; returns ("created"|"updated", info)."""
+    """Create the stream, or update its limits and add the families it lacks (an upgrade that brings new
+    families: protocol §14), keeping any subject an operator added; returns ("created"|"updated", info)."""
     wanted = stream_config(config)
     try:
-        await js.stream_info(config.jetstream)
+        current = await js.stream_info(config.jetstream)
     except NotFoundError:
         return "created", await js.add_stream(wanted)
+    have = list(current.config.subjects or [])
+    wanted.subjects = have + [f for f in SUBJECT_FAMILIES if f not in have]
     return "updated", await js.update_stream(wanted)
 
 
@@ -107,8 +110,17 @@ class Scan:
     stalled server, a consumer cut as slow — leaves it incomplete, whatever came before.
     """
 
-    def __init__(self, js: JetStreamContext, name: str, first: int, last: int, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        name: str,
+        first: int,
+        last: int,
+        timeout: float = 5.0,
+        filters: list[str] | None = None,
+    ) -> None:
         self.js = js
+        self.filters = filters  # None: every subject of the stream
         self.name = name
         self.first = first
         self.last = last
@@ -126,7 +138,7 @@ class Scan:
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=self.first,
             ack_policy=api.AckPolicy.NONE,
-            filter_subjects=list(SUBJECT_FAMILIES),
+            filter_subjects=self.filters,
             inactive_threshold=10.0,
             mem_storage=True,
             num_replicas=1,

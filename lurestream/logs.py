@@ -99,8 +99,8 @@ def access_log_function(handler: Any) -> None:
     status = handler.get_status()
     if status < 400:
         log_method = access_log.info
-    elif status < 500:
-        log_method = access_log.warning
+    elif status < 500 or status == 503:  # a 503 is an answer (not ready, store unreachable), not a fault:
+        log_method = access_log.warning  # warnings are flood-limited, errors always pass
     else:
         log_method = access_log.error
     request = handler.request

@@ -135,6 +135,30 @@ def _stream(kind: str, parameter: str, not_found: str) -> Schema:
     }
 
 
+def _firehose(kind: str, data_key: str, decky: bool = False) -> Schema:
+    """A firehose (protocol §14): no id in the path (no 404); a snapshot of the 50 newest documents."""
+    operation = _stream(kind, "", "")
+    operation["operationId"] = f"{kind}Firehose"
+    operation["summary"] = f"SSE stream of every {kind} event"
+    operation["parameters"] = operation["parameters"][1:]
+    if decky:
+        operation["parameters"].insert(
+            0,
+            {
+                "name": "decky",
+                "in": "query",
+                "required": False,
+                "description": "Only the events of this decky (`orchestrator.*.<decky>`).",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+            },
+        )
+    operation["responses"].pop("404")
+    if decky:
+        operation["responses"]["400"] = _error("`decky` longer than `LURESTREAM_MAX_ID_LENGTH` or empty.")
+    operation["responses"]["200"]["content"][SSE]["schema"] = _ref("schemas", "FirehoseStreamEvent")
+    return operation
+
+
 def _directory(kind: str, item: str) -> Schema:
     return {
         "tags": ["directory"],
@@ -241,6 +265,9 @@ def _paths() -> dict[str, Any]:
         "/api/v1/topologies/{topology_id}/events": {
             "get": _stream("topology", "TopologyId", "Topology not found"),
         },
+        "/api/v1/identities/events": {"get": _firehose("identities", "identities")},
+        "/api/v1/campaigns/events": {"get": _firehose("campaigns", "campaigns")},
+        "/api/v1/orchestrator/events/stream": {"get": _firehose("orchestrator", "events", decky=True)},
         "/api/v1/auth/sse-ticket": {
             "post": _mint(
                 "mintTicket",
@@ -540,6 +567,13 @@ SCHEMAS: dict[str, Schema] = {
     },
     "AttackerStreamEvent": _stream_event("AttackerSnapshot"),
     "TopologyStreamEvent": _stream_event("TopologySnapshot"),
+    "FirehoseStreamEvent": _stream_event("FirehoseSnapshot"),
+    "FirehoseSnapshot": {
+        "type": "object",
+        "description": "The 50 newest documents (protocol §14), `_id` renamed `id`, dates ISO-8601.",
+        "additionalProperties": {"type": "array", "items": {"type": "object"}},
+        "properties": {"resumed": RESUMED_FALSE},
+    },
 }
 
 

@@ -23,6 +23,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -33,7 +34,14 @@ from lurestream.routing import Key
 
 log = logging.getLogger("lurestream.replay")
 
-Item = tuple[int, bytes, float]  # (stream sequence or 0, the encoded frame, the envelope's ts)
+
+class Item(NamedTuple):
+    """A routed event as every stream that wants it gets it: encoded once, shared."""
+
+    seq: int  # the JetStream stream sequence (0 without JetStream)
+    frame: bytes  # the SSE frame, ``id:`` included
+    ts: float  # the envelope's ts (the delivery latency is measured from it)
+
 
 # why a resume could not be served (the stream then gets a snapshot with "resumed": false)
 RESUME_DISABLED = "jetstream_off"
@@ -68,7 +76,7 @@ class ReplayMemory:
         self.max_bytes = max_bytes
         self.floor: int | None = None  # None: the memory covers nothing (JetStream off or not started)
         self.bytes = 0
-        self._events: deque[tuple[int, Key, Item]] = deque()
+        self._events: deque[tuple[int, Key, Key | None, Item]] = deque()
         self._by_key: dict[Key, deque[tuple[int, Item]]] = {}
 
     def __len__(self) -> int:
@@ -81,22 +89,27 @@ class ReplayMemory:
         self.bytes = 0
         self.floor = floor
 
-    def remember(self, seq: int, key: Key, item: Item) -> None:
+    def remember(self, seq: int, key: Key, item: Item, also: Key | None = None) -> None:
+        """Keep ``item`` (sequence ``seq``) for resumes of streams under ``key`` (and ``also``)."""
         events = self._events
-        events.append((seq, key, item))
-        by_key = self._by_key.get(key)
-        if by_key is None:
-            by_key = self._by_key[key] = deque()
-        by_key.append((seq, item))
+        events.append((seq, key, also, item))
+        for k in (key, also):
+            if k is not None:
+                by_key = self._by_key.get(k)
+                if by_key is None:
+                    by_key = self._by_key[k] = deque()
+                by_key.append((seq, item))
         self.bytes += len(item[1])
         while events and (len(events) > self.max_events or self.bytes > self.max_bytes):
-            old_seq, old_key, old = events.popleft()
+            old_seq, old_key, old_also, old = events.popleft()
             self.bytes -= len(old[1])
             self.floor = old_seq
-            oldest = self._by_key[old_key]
-            oldest.popleft()  # the same event: both are in sequence order
-            if not oldest:
-                del self._by_key[old_key]
+            for k in (old_key, old_also):
+                if k is not None:
+                    oldest = self._by_key[k]
+                    oldest.popleft()  # the same event: they are all in sequence order
+                    if not oldest:
+                        del self._by_key[k]
 
     def covers(self, after: int) -> bool:
         return self.floor is not None and after >= self.floor
@@ -131,6 +144,7 @@ class Replayer:
         self.replay_max = replay_max
         self.decode_item = decode_item  # a retained message as the item a wanting stream would get
         self.metrics = metrics  # lurestream_resumes_total{outcome}, lurestream_resumed_events_total
+        self.filters: list[str] | None = None  # the hub's consumer filter, for the scans
 
     async def resume(
         self,
@@ -190,7 +204,7 @@ class Replayer:
                 return self.failed(RESUME_OTHER_STREAM)
             if after + 1 < state.first_seq:
                 return self.failed(RESUME_EXPIRED)
-            scan = jetstream.Scan(js, stream, after + 1, until)
+            scan = jetstream.Scan(js, stream, after + 1, until, filters=self.filters)
             async for msg in scan:
                 item = self.decode_item(msg, wanted)
                 if item is None:

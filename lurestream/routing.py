@@ -1,10 +1,13 @@
-"""Which streams want a bus message, and under which SSE event name (protocol §3, §4). Pure functions.
+"""Which streams want a bus message, and under which SSE event name (protocol §3, §4, §14). Pure functions.
 
-A message maps to at most one routing key — ``("attacker", uuid)``, ``("ip", ip)``,
-``("identity", identity_id)`` or ``("topology", id)`` — so the hub finds its subscribers with one dict
-look-up and no stream ever receives a message twice. Keys only ever hold strings: comparison is exact
-string equality, and a payload value of another type matches nothing. A key that is present but
-``null`` counts as absent (producers that serialise a model often send ``"attacker_uuid": null``).
+A message maps to one routing key — ``("attacker", uuid)``, ``("ip", ip)``, ``("identity", identity_id)``,
+``("topology", id)``, or a firehose's ``("identities", "*")`` / ``("campaigns", "*")`` /
+``("orchestrator", "*")`` — and an orchestrator event with a decky also to ``("orchestrator", <decky>)``
+(streams with ``?decky=``). A stream registers under keys of one kind only, so the hub finds its
+subscribers with one or two dict look-ups and no stream ever receives a message twice. Keys only ever hold
+strings: comparison is exact string equality, and a payload value of another type matches nothing. A key
+that is present but ``null`` counts as absent (producers that serialise a model often send
+``"attacker_uuid": null``).
 """
 
 from __future__ import annotations
@@ -15,10 +18,22 @@ ATTACKER = "attacker"
 IP = "ip"
 IDENTITY = "identity"
 TOPOLOGY = "topology"
+IDENTITIES = "identities"  # the firehoses (protocol §14): every event of their family, or of one decky
+CAMPAIGNS = "campaigns"
+ORCHESTRATOR = "orchestrator"
+EVERY = "*"
 
 Key = tuple[str, str]
 
-SUBJECT_FAMILIES = ("attacker.>", "attribution.>", "topology.>", "decky.>")
+SUBJECT_FAMILIES = (
+    "attacker.>",
+    "attribution.>",
+    "topology.>",
+    "decky.>",
+    "identity.>",
+    "campaign.>",
+    "orchestrator.>",
+)
 
 _ATTACKER_NAMES = {
     "attacker.fingerprint_rotated": "fingerprint.rotated",
@@ -37,6 +52,7 @@ RESERVED_NAMES = frozenset({"snapshot", "resumed", "end", "error", "unavailable"
 class Route(NamedTuple):
     key: Key
     event: str
+    also: Key | None = None  # a second key (an orchestrator event's decky), never of the same kind
 
 
 def _key(kind: str, value: Any) -> Key | None:
@@ -66,7 +82,24 @@ def route(subject: str, payload: dict[str, Any]) -> Route | None:
         if key is None or not tail:
             return None
         return Route(key, "decky." + tail)
+    if family == "identity":
+        return Route((IDENTITIES, EVERY), _named(family, rest))
+    if family == "campaign":
+        return Route((CAMPAIGNS, EVERY), _named(family, rest))
+    if family == "orchestrator":  # orchestrator.<kind>.<decky uuid>[.…]: the event name is <kind>
+        kind, _, after = rest.partition(".")
+        if not kind:
+            return None
+        decky = after.partition(".")[0]
+        decky = "" if decky == EVERY else decky
+        return Route((ORCHESTRATOR, EVERY), _named(family, kind), (ORCHESTRATOR, decky) if decky else None)
     return None
+
+
+def _named(family: str, name: str) -> str:
+    """A firehose's event name: the subject less its family (protocol §14), prefixed when it would be one
+    of the stream's own frame names (§16)."""
+    return f"{family}.{name}" if name in RESERVED_NAMES else name
 
 
 def _attacker_key(subject: str, payload: dict[str, Any]) -> Key | None:
@@ -96,3 +129,9 @@ def attacker_keys(attacker: dict[str, Any]) -> list[Key]:
 
 def topology_keys(topology: dict[str, Any]) -> list[Key]:
     return [(TOPOLOGY, str(topology["_id"]))]
+
+
+def firehose_key(kind: str, scope: str = EVERY) -> Key:
+    """The one key a firehose stream registers under: every event of its family, or (the orchestrator
+    stream's ``?decky=``) one decky's."""
+    return (kind, scope)

@@ -1,4 +1,5 @@
-"""Wiring and process lifetime: ``make_app`` builds the Application, ``serve`` owns start-up and shutdown.
+"""Process lifetime: ``make_app`` builds the Application on the process's ``Services`` (services.py),
+``serve`` owns start-up and shutdown.
 
 ``serve`` connects MongoDB (lazily: the driver connects on first use), starts the hub (which never
 waits for NATS), listens, and waits for SIGTERM/SIGINT. Then it drains (protocol §7): readiness fails at
@@ -15,189 +16,37 @@ import random
 import resource
 import signal
 import time
-from dataclasses import dataclass, fields
 from typing import Any
 
 import tornado.web
-from opentelemetry import trace
-from opentelemetry.trace import Tracer
-from tornado.ioloop import PeriodicCallback
 
-from lurestream.auth import Authenticator
-from lurestream.batching import StoreReads
-from lurestream.cache import TTLCache
-from lurestream.caps import ClusterCap
 from lurestream.config import Config
-from lurestream.credentials import CredentialSweep
-from lurestream.edge import ConnectionCounter, EdgeLimits, EdgeServer
+from lurestream.edge import EdgeLimits, EdgeServer
 from lurestream.handlers import all_handlers
 from lurestream.handlers.base import NotFoundHandler
-from lurestream.hub import Hub
-from lurestream.jetstream import stream_config
-from lurestream.limits import ConnectionLimiter, MintRate, RequestCounter, Slots
 from lurestream.listening import listen
 from lurestream.logs import access_log_function
-from lurestream.metrics import Metrics
 from lurestream.redact import redact
-from lurestream.snapshots import SnapshotReads
+from lurestream.services import Services
 from lurestream.store import Store
-from lurestream.store.mongo import MongoStore
-from lurestream.writer import LiveStream, LiveWriter
 
 log = logging.getLogger("lurestream.server")
-
-HOUSEKEEPING_SECONDS = 1.0
-
-
-@dataclass
-class Services:
-    """Everything one process owns; handlers receive these through ``initialize()``."""
-
-    config: Config
-    store: Store
-    hub: Hub
-    auth: Authenticator
-    limiter: Slots
-    metrics: Metrics
-    tracer: Tracer
-    snapshots: SnapshotReads
-    resources: TTLCache[dict[str, Any] | None]
-    connections: ConnectionCounter
-    mint_rate: MintRate
-    writer: LiveWriter
-    reads: StoreReads
-    requests: RequestCounter
-    _housekeeping: PeriodicCallback | None = None
-
-    @classmethod
-    def build(
-        cls, config: Config, store: Store | None = None, hub: Hub | None = None, tracer: Tracer | None = None
-    ) -> Services:
-        """``tracer`` defaults to OpenTelemetry's global one: a no-op until the deployment configures an SDK."""
-        the_store: Store = store or MongoStore(
-            config.mongo_uri, config.mongo_db, config.mongo_driver, config.mongo_timeout_ms
-        )
-        metrics = Metrics()
-        the_hub = hub or Hub(
-            config.nats_url,
-            config.queue_max,
-            jetstream=config.jetstream,
-            stream_config=stream_config(config) if config.jetstream else None,
-            replay_max=config.replay_max,
-            replay_memory=config.replay_memory,
-            metrics=metrics,
-            max_message_bytes=config.max_message_bytes,
-            replay_memory_bytes=config.replay_memory_bytes,
-            max_frame_bytes=config.stream_buffer_bytes,
-            nats_options=config,
-        )
-        limiter: Slots = ConnectionLimiter(config.sse_max_per_user)
-        if config.jetstream and config.cap_bucket and config.nats_url:
-            limiter = cap = ClusterCap(
-                ConnectionLimiter(config.sse_max_per_user),
-                config.cap_bucket,
-                config.cap_lease_seconds,
-                config.jetstream_replicas,
-            )
-            the_hub.on_connected.append(cap.started_with)
-            the_hub.on_bus_state.append(cap.bus_up)
-        connections = ConnectionCounter(config.max_connections_per_ip)
-        writer = LiveWriter(
-            the_hub,
-            keepalive_seconds=config.keepalive_seconds,
-            send_timeout_seconds=config.send_timeout_seconds,
-            retry_ms=config.retry_ms,
-            max_bytes=config.stream_buffer_bytes,
-            queue_max=config.queue_max,
-            on_finish=lambda stream: _stream_finished(stream, limiter, connections, metrics),
-            on_lagging=lambda stream: _stream_lagging(stream, the_hub),
-            on_send_timeout=lambda stream: the_hub.record_send_timeout(),
-            on_flushed=metrics.delivery_seconds.observe,
-        )
-        the_hub.on_delivered = writer.note_delivered
-        the_hub.on_epoch.append(writer.epoch_changed)
-        auth = Authenticator(config, the_store)
-        writer.checks.append(
-            CredentialSweep(writer, the_store, config.stream_roles, config.auth_sweep_seconds, auth=auth)
-        )
-        return cls(
-            config,
-            the_store,
-            the_hub,
-            auth,
-            limiter,
-            metrics,
-            tracer or trace.get_tracer("lurestream"),
-            SnapshotReads(the_hub, metrics=metrics, max_gap_bytes=config.stream_buffer_bytes),
-            TTLCache(1.0),  # attacker / topology documents, read when a stream opens
-            connections,
-            MintRate(*config.mint_rate),
-            writer,
-            StoreReads(the_store, on_snapshot_query=lambda _keys: metrics.snapshot_queries.inc()),
-            RequestCounter(),
-        )
-
-    async def start(self) -> None:
-        """Start what runs in the background: the hub's bus connection and the housekeeping sweep."""
-        await self.hub.start()
-        self.writer.start()
-        self._housekeeping = PeriodicCallback(self.housekeep, HOUSEKEEPING_SECONDS * 1000)
-        self._housekeeping.start()
-
-    def housekeep(self) -> None:
-        """Once a second: drop expired cache entries and idle rate buckets (protocol §11: bounded memory
-        does not wait for the same key to be asked again)."""
-        for cache in (*self.auth.caches(), self.resources):
-            cache.purge()
-        self.mint_rate.purge()
-
-    async def close(self) -> None:
-        """Stop in reverse order of start: housekeeping, the hub (every stream ends), the store."""
-        if self._housekeeping is not None:
-            self._housekeeping.stop()
-            self._housekeeping = None
-        self.writer.close()
-        if isinstance(self.limiter, ClusterCap):
-            await self.limiter.close()
-        await self.hub.close()
-        await self.store.close()
-
-
-def _stream_finished(stream: LiveStream, limiter: Slots, connections: ConnectionCounter, metrics: Metrics) -> None:
-    """Everything a stream held, given back when it ends for any reason."""
-    limiter.release(stream.user)
-    if stream.address:
-        connections.release(stream.address)
-    reason = stream.reason or "client_closed"
-    metrics.streams_open.labels(stream.kind).dec()
-    metrics.disconnects.labels(stream.kind, reason).inc()
-    span = stream.span
-    if span is not None:
-        stream.span = None
-        span.add_event("stream.end", {"reason": reason})
-        span.end()
-
-
-def _stream_lagging(stream: LiveStream, hub: Hub) -> None:
-    hub.record_lagging()
-    log.warning("a %s stream is lagging (%d bytes queued); closing it so it resumes", stream.kind, stream.unflushed)
 
 
 def make_app(services: Services, **settings: Any) -> tornado.web.Application:
     """The Tornado Application for one process; ``settings`` may override tunables (tests do)."""
     config = services.config
-    # every service the process owns, for the handlers' initialize() (passed in, never imported)
-    route_services = {f.name: getattr(services, f.name) for f in fields(services) if not f.name.startswith("_")}
     app_settings: dict[str, Any] = dict(
         cors_origins=config.cors_origins,
         log_function=access_log_function,
         default_handler_class=NotFoundHandler,
+        default_handler_args={"services": services},
         compress_response=False,
         xsrf_cookies=False,
         draining=False,
     )
     app_settings.update(settings)
-    return tornado.web.Application(all_handlers(route_services), **app_settings)
+    return tornado.web.Application(all_handlers(services), **app_settings)
 
 
 def edge_limits(config: Config) -> EdgeLimits:

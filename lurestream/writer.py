@@ -16,20 +16,23 @@ coroutine, future, IOStream or timer per stream.
   keepalives for idle streams, the send timeout of stalled ones, and (protocol §12) credential expiry.
 - **A peer's close** is seen on the read side (the socket is watched for reading), without a write.
 
-Every exit goes through :meth:`LiveWriter._finish`, which gives back the hub registration, the user's
-slot, the per-address count and the metrics gauge, and ends the stream's trace span.
+Every exit goes through :meth:`LiveWriter.abort`, which unregisters the stream from its source, closes
+the socket and calls the stream's ``on_end`` — its owner (``lifecycle.StreamLife``), which gives back
+everything else the stream held.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from lurestream import eventids, sse
+from lurestream import sse
+from lurestream.metrics import Metrics
 from lurestream.routing import Key
 
 log = logging.getLogger("lurestream.writer")
@@ -51,11 +54,29 @@ LAST_CHUNK = b"0\r\n\r\n"
 IOV_MAX = 512  # frames per sendmsg; beyond this they are joined (Linux allows 1024 buffers)
 
 
+class Source(Protocol):
+    """Where a live stream's frames come from: the hub (bus events) or the log tail (log rows)."""
+
+    def register(self, stream: LiveStream) -> None:
+        """Route frames to ``stream`` from now on; it records its position (``stream.position``)."""
+        ...
+
+    def unregister(self, stream: LiveStream) -> None:
+        """Stop routing to ``stream`` (idempotent)."""
+        ...
+
+    def keepalive_id(self, stream: LiveStream) -> str | None:
+        """The ``id:`` an idle keepalive carries (so a quiet stream's resume point moves on), or None."""
+        ...
+
+
 class LiveStream:
     """One open stream in its live phase. Small on purpose: tens of thousands are open at once."""
 
     __slots__ = (
         "writer",
+        "source",
+        "on_end",
         "sock",
         "fd",
         "keys",
@@ -64,7 +85,6 @@ class LiveStream:
         "serial",
         "user",
         "kind",
-        "address",
         "chunked",
         "live",
         "held",
@@ -87,8 +107,12 @@ class LiveStream:
         "__weakref__",
     )
 
-    def __init__(self, writer: LiveWriter, sock: socket.socket, keys: tuple[Key, ...], user: str, kind: str) -> None:
+    def __init__(
+        self, writer: LiveWriter, source: Source, sock: socket.socket, keys: tuple[Key, ...], user: str, kind: str
+    ) -> None:
         self.writer = writer
+        self.source = source
+        self.on_end: Callable[[LiveStream], None] | None = None  # its owner gives back what it held
         self.sock: socket.socket | None = sock
         self.fd = sock.fileno()
         self.keys = keys
@@ -97,7 +121,6 @@ class LiveStream:
         self.serial = 0  # the hub's registration counter when it registered (see snapshots.py)
         self.user = user
         self.kind = kind
-        self.address = ""  # the client address counted by the edge ("" when not counted)
         self.chunked = True
         self.live = False  # False while the snapshot or replay is being read: live items are held
         self.held: list[tuple[int, bytes]] | None = []
@@ -187,7 +210,7 @@ class LiveStream:
             return
         self.closing = True
         self.reason = reason
-        self.writer.hub_unregister(self)
+        self.source.unregister(self)
         if not self.live:  # nothing but the headers went out: the held frames have no snapshot to follow
             self.held = None
             self.frames = []
@@ -292,30 +315,23 @@ class LiveWriter:
 
     def __init__(
         self,
-        hub: Any,
+        metrics: Metrics,
         *,
         keepalive_seconds: float,
         send_timeout_seconds: float,
         retry_ms: int,
         max_bytes: int,
         queue_max: int,
-        on_finish: Callable[[LiveStream], None] | None = None,
-        on_lagging: Callable[[LiveStream], None] | None = None,
-        on_send_timeout: Callable[[LiveStream], None] | None = None,
-        on_flushed: Callable[[float], None] | None = None,
     ) -> None:
-        """``on_flushed(age)``: after a flush tick, the age in seconds of the oldest event it carried
-        (envelope ``ts`` to now) — the delivery latency, measured once per tick, not per stream."""
-        self.hub = hub
+        """``metrics``: lagging closes, send timeouts and, once per flush tick, the delivery latency — the
+        age of the oldest event the tick carried (envelope ``ts`` to now), measured once per tick, not per
+        stream."""
+        self.metrics = metrics
         self.keepalive_seconds = keepalive_seconds
         self.send_timeout_seconds = send_timeout_seconds
         self.retry_ms = retry_ms
         self.max_bytes = max_bytes
         self.queue_max = queue_max
-        self.on_finish = on_finish
-        self.on_lagging = on_lagging
-        self.on_send_timeout = on_send_timeout
-        self.on_flushed = on_flushed
         self.streams: set[LiveStream] = set()
         self._oldest_ts = float("inf")  # the oldest event queued since the last flush
         self._chunks: dict[bytes, bytes] = {}  # this tick's frames as HTTP chunks (shared by their streams)
@@ -347,23 +363,24 @@ class LiveWriter:
     def open(
         self,
         sock: socket.socket,
+        source: Source,
         keys: list[Key],
         head: bytes,
         *,
         user: str,
         kind: str,
-        address: str = "",
         chunked: bool = True,
+        on_end: Callable[[LiveStream], None] | None = None,
     ) -> LiveStream:
-        """Take over a connection whose request passed every check: register it with the hub (before
+        """Take over a connection whose request passed every check: register it with its source (before
         any snapshot read, so nothing published from now on is missed) and send the response head and
-        the opening keepalive at once."""
+        the opening keepalive at once. ``on_end`` is called once when the stream ends, for any reason."""
         loop = self._loop or asyncio.get_running_loop()
         sock.setblocking(False)
-        stream = LiveStream(self, sock, tuple(keys), user, kind)
-        stream.address = address
+        stream = LiveStream(self, source, sock, tuple(keys), user, kind)
         stream.chunked = chunked
-        self.hub.register(stream)
+        stream.on_end = on_end
+        source.register(stream)
         self.streams.add(stream)
         loop.add_reader(stream.fd, self._readable, stream)
         first = head + (b"%x\r\n%s\r\n" % (len(sse.KEEPALIVE), sse.KEEPALIVE) if chunked else sse.KEEPALIVE)
@@ -405,8 +422,8 @@ class LiveWriter:
                 stream.flush(now)
         self._chunks.clear()
         oldest, self._oldest_ts = self._oldest_ts, float("inf")
-        if self.on_flushed is not None and oldest != float("inf"):
-            self.on_flushed(max(time.time() - oldest, 0.0))
+        if oldest != float("inf"):
+            self.metrics.delivery_seconds.observe(max(time.time() - oldest, 0.0))
 
     def want_writable(self, stream: LiveStream) -> None:
         if stream.sock is not None:
@@ -437,13 +454,11 @@ class LiveWriter:
 
     # -- ending ----------------------------------------------------------------------------------------
     def retry_frame(self) -> bytes:
-        import random
-
         return sse.retry_frame(int(self.retry_ms * random.uniform(0.5, 1.5)))
 
     def lagging(self, stream: LiveStream) -> None:
-        if self.on_lagging is not None:
-            self.on_lagging(stream)
+        self.metrics.lagging.inc()
+        log.warning("a %s stream is lagging (%d bytes queued); closing it so it resumes", stream.kind, stream.unflushed)
         stream.end(LAGGING, self.retry_frame())
 
     def end_credential(self, stream: LiveStream, reason: str) -> None:
@@ -458,23 +473,19 @@ class LiveWriter:
         for stream in list(self.streams):
             self.drain(stream)
 
-    def epoch_changed(self) -> None:
-        """The JetStream stream was re-created: sequences restart, so a live stream's duplicate floor
-        (from a resume of the old stream) would swallow new events — reset it; a stream still opening
+    def epoch_changed(self, source: Source, epoch: str) -> None:
+        """``source``'s JetStream stream was re-created: sequences restart, so a live stream's duplicate
+        floor (from a resume of the old stream) would swallow new events — reset it; a stream still opening
         read its snapshot or replay against the old stream — send it to reconnect (its old id then gets
         the ``"resumed": false`` snapshot)."""
-        epoch = self.hub.epoch
         for stream in list(self.streams):
-            if stream.closing:
+            if stream.closing or stream.source is not source:
                 continue
             if stream.live:
                 stream.floor = 0
                 stream.epoch = epoch
             else:
                 self.drain(stream)
-
-    def hub_unregister(self, stream: LiveStream) -> None:
-        self.hub.unregister(stream)
 
     def abort(self, stream: LiveStream, reason: str) -> None:
         """Close the socket now (nothing more can or need be written) and give everything back."""
@@ -484,7 +495,7 @@ class LiveWriter:
         stream.closing = True
         if stream.reason is None or reason in (SEND_TIMEOUT, CLIENT_CLOSED) and stream.reason == LAGGING:
             stream.reason = stream.reason or reason
-        self.hub.unregister(stream)
+        stream.source.unregister(stream)
         sock, stream.sock = stream.sock, None
         if sock is not None:
             loop = self._loop or asyncio.get_running_loop()
@@ -495,8 +506,9 @@ class LiveWriter:
         stream.unsent = None
         stream.held = None
         self.streams.discard(stream)
-        if self.on_finish is not None:
-            self.on_finish(stream)
+        on_end, stream.on_end = stream.on_end, None
+        if on_end is not None:
+            on_end(stream)
 
     # -- the sweep -------------------------------------------------------------------------------------
     def _sweep(self) -> None:
@@ -513,7 +525,6 @@ class LiveWriter:
         """Keepalives for idle streams, the send timeout for stalled ones, the end of expired credentials."""
         keepalive_before = now - self.keepalive_seconds
         stalled_before = now - self.send_timeout_seconds
-        position = self.hub.live_position
         wall = time.time()
         for stream in list(self.streams):
             if stream.expires and stream.expires <= wall and not stream.closing:
@@ -521,16 +532,12 @@ class LiveWriter:
             if stream.stalled_since:
                 if stream.stalled_since < stalled_before:
                     log.warning("send timeout after %.1fs; closing a %s stream", self.send_timeout_seconds, stream.kind)
-                    if self.on_send_timeout is not None:
-                        self.on_send_timeout(stream)
+                    self.metrics.send_timeouts.inc()
                     self.abort(stream, SEND_TIMEOUT)
                 continue
             if stream.closing or stream.frames or stream.last_sent > keepalive_before:
                 continue
-            if stream.live and position is not None:
-                frame = sse.keepalive_frame(eventids.format_id(self.hub.epoch, max(position, stream.floor)))
-            else:
-                frame = sse.KEEPALIVE
+            frame = sse.keepalive_frame(stream.source.keepalive_id(stream)) if stream.live else sse.KEEPALIVE
             stream.frames.append(frame)
             stream.frames_bytes += len(frame)
             stream.last_sent = now  # not again before the next interval, even if this one stalls

@@ -8,14 +8,14 @@ The ``browser`` fixture itself is in ``conftest.py``; tests that use it carry ``
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import nats
 import pytest
+
+from lurestream.envelope import encode_envelope
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -85,8 +85,7 @@ def _run(coro: Any) -> Any:
 
 
 def envelope(subject: str, payload: dict[str, Any]) -> bytes:
-    body = {"v": 1, "id": "e", "topic": subject, "type": "t", "ts": time.time(), "payload": payload}
-    return json.dumps(body).encode()
+    return encode_envelope(subject, payload, "t")
 
 
 def publish(nats_url: str, messages: Iterable[tuple[str, dict[str, Any]]]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 import urllib.parse
 from typing import Any
 
@@ -14,6 +13,7 @@ from sse_client import SSEClient
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from lurestream.config import config_from
+from lurestream.envelope import encode_envelope
 from lurestream.eventids import format_id
 from lurestream.server import Services, make_app
 from lurestream.tokens import mint_token
@@ -41,17 +41,8 @@ TOPOLOGY_2 = {"_id": "topo-2", "status": "deploying"}
 
 
 def envelope(subject: str, payload: Any = None, type_: str = "t", ts: float | None = None, **extra: Any) -> bytes:
-    body: dict[str, Any] = {
-        "v": 1,
-        "id": "e1",
-        "topic": subject,
-        "type": type_,
-        "ts": time.time() if ts is None else ts,
-    }
-    if payload is not None:
-        body["payload"] = payload
-    body.update(extra)
-    return json.dumps(body).encode()
+    """A bus body (``lurestream.envelope.encode_envelope``; ``extra`` may replace any field, or break it)."""
+    return encode_envelope(subject, payload, type_, ts, event_id="e1", **extra)
 
 
 def failed_resumes(hub: Any) -> dict[str, float]:
@@ -76,6 +67,7 @@ class Probe:
         self.position: int | None = None
         self.epoch = ""
         self.serial = 0
+        self.floor = 0
         self.items: list[tuple[int, bytes, float]] = []
         hub.register(self)
 

@@ -21,6 +21,7 @@ import nats
 import pytest
 from harness import ATTACKER_A, TOPOLOGY_1, Probe, envelope, failed_resumes, resumes, standalone
 
+from lurestream.envelope import encode_envelope
 from lurestream.eventids import parse_id
 from lurestream.jetstream import Scan, ensure_stream
 from lurestream.localservices import LocalService, nats_server, nats_server_version
@@ -51,7 +52,7 @@ def raw_publish(port: int, subject: bytes, body: bytes, reply: bytes = b"", head
 
 
 def body_for(uuid: str, n: int, **extra: Any) -> bytes:
-    return json.dumps({"v": 1, "type": "t", "ts": 1.0, "payload": {"attacker_uuid": uuid, "n": n, **extra}}).encode()
+    return encode_envelope("attacker.x", {"attacker_uuid": uuid, "n": n, **extra}, "t", ts=1.0)
 
 
 async def events(client: Any, count: int, timeout: float = 10.0) -> list[Any]:

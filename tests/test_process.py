@@ -17,6 +17,8 @@ from processes import lurestream_env
 from sse_client import SSEClient
 
 from lurestream.config import config_from
+from lurestream.routing import SUBJECT_FAMILIES
+from lurestream.store.mongo import INDEXES
 from lurestream.tokens import mint_token
 
 A = ATTACKER_A["_id"]
@@ -171,7 +173,7 @@ def test_init_db_command(mongo_service, mongo, db_name):
             [sys.executable, "-m", "lurestream", "init-db"], capture_output=True, text=True, env=env, timeout=60
         )
         assert result.returncode == 0, result.stderr
-        assert result.stdout.count("index ready:") == 4  # two query indexes, two TTL indexes
+        assert result.stdout.count("index ready:") == sum(len(specs) for specs in INDEXES.values())
     assert len(mongo.observations.index_information()) == 2
 
 
@@ -209,7 +211,7 @@ def test_init_nats_creates_then_updates_the_stream(nats_service, js_stream, io_l
             await nc.close()
 
     cfg = io_loop.run_sync(info).config
-    assert sorted(cfg.subjects) == ["attacker.>", "attribution.>", "decky.>", "topology.>"]
+    assert sorted(cfg.subjects) == sorted(SUBJECT_FAMILIES)
     assert cfg.max_age == 3600 and cfg.max_bytes == 10**7 and cfg.max_msgs == -1, "updated to the new limits"
 
 
@@ -260,7 +262,7 @@ async def test_workers_share_the_port_and_a_killed_worker_is_replaced(server, na
             await asyncio.sleep(0.1)
         conns = await loop.run_in_executor(None, ours)
         assert len(conns) == 2, "each worker holds its own NATS connection"
-        assert all(len(c["subscriptions_list"]) == 4 for c in conns)
+        assert all(len(c["subscriptions_list"]) == len(SUBJECT_FAMILIES) for c in conns), "one per family"
     victim = sorted(workers)[0]
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 20

@@ -36,7 +36,7 @@ class Rig:
             keepalive_seconds=15.0, send_timeout_seconds=10.0, retry_ms=1000, max_bytes=8 << 20, queue_max=100_000
         )
         settings.update(limits)
-        self.writer = LiveWriter(self.hub, on_finish=lambda s: self.ended.append((s, s.reason or "")), **settings)
+        self.writer = LiveWriter(self.hub.metrics, **settings)
         self.writer.start()
         self.peers: list[socket.socket] = []
 
@@ -47,7 +47,16 @@ class Rig:
             ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
         theirs.setblocking(False)
         self.peers.append(theirs)
-        return self.writer.open(ours, keys, HEAD, user="u", kind="attacker"), theirs
+        stream = self.writer.open(
+            ours,
+            self.hub,
+            keys,
+            HEAD,
+            user="u",
+            kind="attacker",
+            on_end=lambda s: self.ended.append((s, s.reason or "")),
+        )
+        return stream, theirs
 
     def publish(self, n: int, pad: int = 0, seq: int = 0) -> int:
         body = envelope("attacker.observation.x", {"attacker_uuid": "u1", "n": n, "pad": "x" * pad})

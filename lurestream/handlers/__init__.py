@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from lurestream.handlers import attackers, dashboard, directory, openapi, ops, sessions, tickets, topologies
+from lurestream.handlers import dashboard, directory, openapi, ops, sessions, stream, tickets
+from lurestream.services import Services
 
-MODULES = (attackers, topologies, directory, tickets, sessions, ops, openapi, dashboard)
+MODULES = (stream, directory, tickets, sessions, ops, openapi, dashboard)
 
 
-def all_handlers(services: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
+def all_handlers(services: Services) -> list[tuple[str, type, dict[str, Any]]]:
     routes: list[tuple[str, type, dict[str, Any]]] = []
     for module in MODULES:
         routes.extend(module.handlers(services))

@@ -1,8 +1,10 @@
 """BaseHandler: credentials, JSON errors and CORS, shared by every endpoint.
 
 Auth runs once in ``prepare()`` for handlers that set ``auth_required``; every error leaves through
-``write_error`` as ``{"detail": ...}`` JSON (401s with ``WWW-Authenticate: Bearer``). Collaborators
-arrive through ``initialize()`` from the route table, never by import.
+``write_error`` as ``{"detail": ...}`` JSON (401s with ``WWW-Authenticate: Bearer``). The process's
+``Services`` arrive through ``initialize()`` from the route table, never by import, and handlers reach
+each one through a typed property (as jupyter_server does over ``self.settings``): a misspelt service is a
+type error, not a failure at request time.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import tornado.web
 from lurestream import tornado_internals
 from lurestream.auth import INVALID_CREDENTIALS, NOT_AUTHENTICATED, Authenticator, AuthError, Identity
 from lurestream.config import Config
-from lurestream.limits import RequestCounter
 from lurestream.metrics import Metrics
 from lurestream.redact import redact, redact_url
-from lurestream.store import StoreUnavailable
+from lurestream.services import Services
+from lurestream.store import Store, StoreUnavailable
 
 log = logging.getLogger("lurestream.handlers")
 
@@ -63,12 +65,26 @@ class BaseHandler(tornado.web.RequestHandler):
     accept_query_token = False
     fresh_credentials = False  # read the user and revocation from the store, not the cache (minting)
 
-    def initialize(self, config: Config, auth: Authenticator, **services: Any) -> None:
-        self.config = config
-        self.auth = auth
+    def initialize(self, services: Services) -> None:
+        self.services = services
         self.identity: Identity | None = None
-        for name, service in services.items():
-            setattr(self, name, service)
+
+    # -- the process's services ----------------------------------------------------------------------
+    @property
+    def config(self) -> Config:
+        return self.services.config
+
+    @property
+    def auth(self) -> Authenticator:
+        return self.services.auth
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.services.metrics
+
+    @property
+    def store(self) -> Store:
+        return self.services.store
 
     # -- CORS and the headers every response carries ----------------------------------------------
     def set_default_headers(self) -> None:
@@ -89,7 +105,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # -- auth -----------------------------------------------------------------------------------
     async def prepare(self) -> None:
-        self._track()
+        self.track()
         if self.request.method not in allowed_methods(self):  # 405 before auth: it reveals nothing
             raise tornado.web.HTTPError(405)
         if not self.auth_required or self.request.method == "OPTIONS":
@@ -97,9 +113,7 @@ class BaseHandler(tornado.web.RequestHandler):
         try:
             self.identity = await self._authenticate()
         except AuthError as exc:
-            metrics = getattr(self, "metrics", None)
-            if metrics is not None:
-                metrics.auth_failure(exc.status, exc.reason)
+            self.metrics.auth_failure(exc.status, exc.reason)
             raise ApiError(exc.status, exc.detail, f"auth refused: {exc.reason}") from None
 
     def store_unavailable(self, exc: StoreUnavailable) -> ApiError:
@@ -150,7 +164,7 @@ class BaseHandler(tornado.web.RequestHandler):
             exc = self.store_unavailable(exc)
             status_code = exc.status_code
             self.set_status(status_code)
-        if self.metrics is not None and status_code == 503 and isinstance(exc, ApiError) and exc.retry_after:
+        if status_code == 503 and isinstance(exc, ApiError) and exc.retry_after:
             self.metrics.http_refused.labels("store_unavailable").inc()
         self.write_api_error(status_code, exc if isinstance(exc, ApiError) else None)
 
@@ -160,20 +174,16 @@ class BaseHandler(tornado.web.RequestHandler):
     # -- in-flight requests (a drain waits for them) --------------------------------------------------
     _tracked = False
 
-    requests: RequestCounter | None = None  # from the route's services (absent for static files)
-    metrics: Metrics | None = None
-
-    def _track(self) -> None:
-        if self.requests is not None and not self._tracked:
+    def track(self) -> None:
+        if not self._tracked:
             self._tracked = True
-            self.requests.count += 1
+            self.services.requests.count += 1
 
     def untrack(self) -> None:
         """The request is done with its handler: answered (``on_finish``) or handed to the live writer."""
         if self._tracked:
             self._tracked = False
-            assert self.requests is not None
-            self.requests.count -= 1
+            self.services.requests.count -= 1
 
     def on_finish(self) -> None:
         self.untrack()
@@ -219,9 +229,6 @@ def write_json_error(handler: tornado.web.RequestHandler, status_code: int, exc:
 
 class NotFoundHandler(BaseHandler):
     """Unknown paths get the same JSON error shape as everything else."""
-
-    def initialize(self, **kwargs: Any) -> None:  # type: ignore[override]  # needs no collaborators
-        self.identity = None
 
     def prepare(self) -> None:  # type: ignore[override]
         raise ApiError(404, "Not Found")

@@ -9,6 +9,7 @@ from typing import Any
 import tornado.web
 
 from lurestream.handlers.base import write_json_error
+from lurestream.services import Services
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "static")
 
@@ -44,7 +45,7 @@ class DashboardHandler(tornado.web.StaticFileHandler):
         self.set_header("Cache-Control", "no-cache")
 
 
-def handlers(services: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
+def handlers(services: Services) -> list[tuple[str, type, dict[str, Any]]]:
     static = {"path": STATIC_DIR, "default_filename": "index.html"}
     return [
         (r"/()", DashboardHandler, static),

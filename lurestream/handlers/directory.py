@@ -11,7 +11,7 @@ from typing import Any
 
 from lurestream import sse
 from lurestream.handlers.base import ApiError, BaseHandler
-from lurestream.store import Store
+from lurestream.services import Services
 
 MAX_LIMIT = 200
 
@@ -20,7 +20,6 @@ class DirectoryHandler(BaseHandler):
     auth_required = True
     accept_session = True
     accept_query_token = True
-    store: Store
 
     def _limit(self) -> int:
         raw = self.get_query_argument("limit", "50")
@@ -52,8 +51,8 @@ class TopologyListHandler(DirectoryHandler):
         return [{"id": d["_id"], "status": d.get("status")} for d in docs]
 
 
-def handlers(services: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
+def handlers(services: Services) -> list[tuple[str, type, dict[str, Any]]]:
     return [
-        (r"/api/v1/attackers", AttackerListHandler, services),
-        (r"/api/v1/topologies", TopologyListHandler, services),
+        (r"/api/v1/attackers", AttackerListHandler, {"services": services}),
+        (r"/api/v1/topologies", TopologyListHandler, {"services": services}),
     ]

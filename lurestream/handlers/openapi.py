@@ -12,6 +12,7 @@ from typing import Any
 
 from lurestream.handlers.base import BaseHandler
 from lurestream.openapi import openapi_document
+from lurestream.services import Services
 
 
 @functools.lru_cache(maxsize=1)
@@ -26,5 +27,5 @@ class OpenApiHandler(BaseHandler):
         self.finish(_body())
 
 
-def handlers(services: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
-    return [(r"/api/v1/openapi\.json", OpenApiHandler, services)]
+def handlers(services: Services) -> list[tuple[str, type, dict[str, Any]]]:
+    return [(r"/api/v1/openapi\.json", OpenApiHandler, {"services": services})]

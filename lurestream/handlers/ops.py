@@ -4,18 +4,12 @@ the probes — expose it to your scraper only)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from lurestream.handlers.base import BaseHandler
-from lurestream.hub import Hub
-from lurestream.limits import Slots
-from lurestream.metrics import Metrics
-from lurestream.store import Store, StoreUnavailable
-
-READY_PING_SECONDS = 2.0
+from lurestream.services import Services
 
 
 class HealthHandler(BaseHandler):
@@ -26,27 +20,20 @@ class HealthHandler(BaseHandler):
 
 
 class ReadyHandler(BaseHandler):
-    hub: Hub
-    store: Store
-    limiter: Slots
-
-    async def get(self) -> None:
-        store_state = "ok"
-        try:
-            await asyncio.wait_for(self.store.ping(), READY_PING_SECONDS)
-        except (StoreUnavailable, asyncio.TimeoutError):
-            store_state = "down"
-        bus_state = self.hub.state
+    def get(self) -> None:
+        hub, limiter = self.services.hub, self.services.limiter
+        store_state = "ok" if self.services.store_up else "down"
+        bus_state = hub.state
         down = ["store"] if store_state != "ok" else []
-        down += self.hub.problems()  # the bus, the JetStream stream and its consumer (protocol §16)
+        down += hub.problems()  # the bus, the JetStream stream and its consumer (protocol §16)
         if self.settings.get("draining"):
             down.append("draining")
         # protocol §13: "cluster" when the per-user cap counts every process, "local" when it has fallen back
         body: dict[str, Any] = {
             "store": store_state,
             "bus": bus_state,
-            "events": self.hub.events_state,
-            "cap": self.limiter.mode,
+            "events": hub.events_state,
+            "cap": limiter.mode,
         }
         if down:
             body["detail"] = "not ready: " + ", ".join(down) + " unavailable"
@@ -59,8 +46,6 @@ class ReadyHandler(BaseHandler):
 
 
 class MetricsHandler(BaseHandler):
-    metrics: Metrics
-
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(self.metrics.exposition())
@@ -68,9 +53,9 @@ class MetricsHandler(BaseHandler):
     head = get
 
 
-def handlers(services: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
+def handlers(services: Services) -> list[tuple[str, type, dict[str, Any]]]:
     return [
-        (r"/healthz", HealthHandler, services),
-        (r"/readyz", ReadyHandler, services),
-        (r"/metrics", MetricsHandler, services),
+        (r"/healthz", HealthHandler, {"services": services}),
+        (r"/readyz", ReadyHandler, {"services": services}),
+        (r"/metrics", MetricsHandler, {"services": services}),
     ]

@@ -14,16 +14,13 @@ from typing import Any
 from lurestream.auth import AuthError
 from lurestream.handlers.base import SESSION_COOKIE, ApiError, BaseHandler
 from lurestream.handlers.tickets import check_mint_rate
-from lurestream.limits import MintRate
-from lurestream.metrics import Metrics
+from lurestream.services import Services
 
 COOKIE_PATH = "/api/v1/"
 
 
 class SessionHandler(BaseHandler):
     fresh_credentials = True  # a JWT revoked a moment ago mints nothing (protocol §16)
-    mint_rate: MintRate
-    metrics: Metrics
 
     async def prepare(self) -> None:
         # POST needs a Bearer JWT (no ticket, no cookie, no ?token=); DELETE needs only the cookie it ends
@@ -32,7 +29,7 @@ class SessionHandler(BaseHandler):
 
     async def post(self) -> None:
         assert self.identity is not None
-        check_mint_rate(self.mint_rate, self.metrics, self.identity.uuid)
+        check_mint_rate(self.services.mint_rate, self.metrics, self.identity.uuid)
         try:
             secret, max_age = await self.auth.mint_session(self.identity)
         except AuthError as exc:  # the JWT expires within the second
@@ -64,5 +61,5 @@ class SessionHandler(BaseHandler):
         )
 
 
-def handlers(services: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
-    return [(r"/api/v1/auth/sse-session", SessionHandler, services)]
+def handlers(services: Services) -> list[tuple[str, type, dict[str, Any]]]:
+    return [(r"/api/v1/auth/sse-session", SessionHandler, {"services": services})]

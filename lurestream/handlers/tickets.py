@@ -7,6 +7,7 @@ from typing import Any
 from lurestream.handlers.base import ApiError, BaseHandler
 from lurestream.limits import MintRate
 from lurestream.metrics import Metrics
+from lurestream.services import Services
 
 TOO_MANY_MINTS = "Too many ticket requests"
 
@@ -22,16 +23,14 @@ def check_mint_rate(mint_rate: MintRate, metrics: Metrics, user: str) -> None:
 class TicketHandler(BaseHandler):
     auth_required = True  # Bearer header only: no ticket, no ?token=
     fresh_credentials = True  # a JWT revoked a moment ago mints nothing (protocol §16)
-    mint_rate: MintRate
-    metrics: Metrics
 
     async def post(self) -> None:
         assert self.identity is not None
-        check_mint_rate(self.mint_rate, self.metrics, self.identity.uuid)
+        check_mint_rate(self.services.mint_rate, self.metrics, self.identity.uuid)
         ticket, ttl = await self.auth.mint_ticket(self.identity)
         self.set_header("Cache-Control", "no-store")
         self.write_json({"ticket": ticket, "expires_in": ttl})
 
 
-def handlers(services: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
-    return [(r"/api/v1/auth/sse-ticket", TicketHandler, services)]
+def handlers(services: Services) -> list[tuple[str, type, dict[str, Any]]]:
+    return [(r"/api/v1/auth/sse-ticket", TicketHandler, {"services": services})]

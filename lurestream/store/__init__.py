@@ -88,6 +88,13 @@ class Store(Protocol):
 
     async def in_flight_mutations_many(self, topology_ids: list[str]) -> dict[str, list[dict[str, Any]]]: ...
 
+    async def newest(
+        self, collection: str, sort_field: str, limit: int, where: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """The ``limit`` newest documents of ``collection`` by ``sort_field`` (descending, ties by ``_id``),
+        matching ``where``, each with ``_id`` renamed ``id`` (the firehoses' snapshots, protocol §14)."""
+        ...
+
     async def init_indexes(self) -> list[str]: ...
 
     async def missing_ttl_indexes(self) -> list[str]:

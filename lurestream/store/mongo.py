@@ -30,6 +30,11 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "observations": [([("attacker_uuid", ASCENDING), ("primitive", ASCENDING), ("ts", DESCENDING)], {})],
     "topology_mutations": [([("topology_id", ASCENDING), ("state", ASCENDING), ("requested_at", DESCENDING)], {})],
     # TTL for clean-up only: redemption checks expires_at itself (TTL monitors run about once a minute).
+    # the dashboard's firehoses and live log feed (protocol §14, §15): their snapshots' and queries' sort keys
+    "identities": [([("updated_at", DESCENDING)], {})],
+    "campaigns": [([("updated_at", DESCENDING)], {})],
+    "orchestrator_events": [([("ts", DESCENDING)], {}), ([("decky_uuid", ASCENDING), ("ts", DESCENDING)], {})],
+    "logs": [([("timestamp", ASCENDING)], {})],
     "sse_tickets": [([("expires_at", ASCENDING)], {"expireAfterSeconds": 0})],
     "sse_sessions": [([("expires_at", ASCENDING)], {"expireAfterSeconds": 0})],
 }
@@ -275,8 +280,15 @@ class MongoStore:
             for doc in docs:
                 rows = found.get(doc.get("topology_id"))  # type: ignore[arg-type]
                 if rows is not None and doc.get("state") == state:
-                    rows.append(_mutation_item(doc))
+                    rows.append(_with_id(doc))
         return found
+
+    @_unavailable
+    async def newest(
+        self, collection: str, sort_field: str, limit: int, where: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        cursor = self.db[collection].find(where or {}).sort([(sort_field, DESCENDING), ("_id", ASCENDING)]).limit(limit)
+        return [_with_id(doc) for doc in await self._to_list(cursor)]
 
     @_unavailable
     async def init_indexes(self) -> list[str]:
@@ -304,7 +316,8 @@ class MongoStore:
             await result
 
 
-def _mutation_item(doc: dict[str, Any]) -> dict[str, Any]:
+def _with_id(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored document as a snapshot item: ``_id`` renamed ``id``, first (protocol §4, §14)."""
     item: dict[str, Any] = {"id": doc["_id"]}
     item.update((k, v) for k, v in doc.items() if k != "_id")
     return item

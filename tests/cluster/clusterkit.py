@@ -58,6 +58,7 @@ from nats.js import api
 from pymongo import MongoClient
 
 from lurestream.config import config_from
+from lurestream.envelope import encode_envelope
 from lurestream.eventids import sequence_of
 from lurestream.localservices import (
     LocalService,
@@ -591,8 +592,7 @@ async def _quiet(exc: Exception) -> None:
 
 
 def envelope(subject: str, msg_id: str, payload: dict[str, Any]) -> bytes:
-    body = {"v": 1, "id": msg_id, "topic": subject, "type": "scored", "ts": time.time(), "payload": payload}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return encode_envelope(subject, payload, "scored", event_id=msg_id)
 
 
 class Publisher:
