@@ -432,6 +432,40 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("nats_tls_cert_file", "", _readable_file, "client certificate for NATS mutual TLS (PEM)"),
     Setting("nats_tls_key_file", "", _readable_file, "the client certificate's private key (PEM)"),
+    # protocol §15: the live log feed
+    Setting("log_batch", "50", _int(1, 1000), "rows a frame of the live log feed carries at most"),
+    Setting(
+        "log_poll_seconds",
+        "1",
+        _float(0),
+        "how often each process reads the rows inserted into `logs` (one query, whatever the number of viewers)",
+    ),
+    Setting(
+        "log_stats_seconds",
+        "10",
+        _float(0),
+        "how often stats are read and stats and histograms sent again while rows arrive",
+    ),
+    Setting("log_histogram_minutes", "15", _int(1, 10080), "the live log feed's histogram buckets, in minutes"),
+    Setting(
+        "log_replay_max",
+        "10000",
+        _int(0),
+        "rows a resume of the live log feed scans at most; a longer gap is announced (`gap`), not replayed",
+    ),
+    Setting(
+        "log_search_max_length",
+        "1024",
+        _int(1, 8192),
+        "characters of a live log feed `search` at most (else 400)",
+    ),
+    Setting(
+        "log_histogram_filters",
+        "256",
+        _int(0),
+        "distinct filters (search, start_time, end_time) a process keeps a histogram for; a stream with "
+        "another gets an empty histogram marked `truncated`",
+    ),
     Setting(
         "nats_inbox_prefix",
         "_INBOX",
@@ -508,6 +542,13 @@ class Config:
     nats_tls_cert_file: str
     nats_tls_key_file: str
     nats_inbox_prefix: str
+    log_batch: int
+    log_poll_seconds: float
+    log_stats_seconds: float
+    log_histogram_minutes: int
+    log_replay_max: int
+    log_search_max_length: int
+    log_histogram_filters: int
     jwt_public_key: str = field(repr=False)
     jwt_secret_ephemeral: bool = False
 

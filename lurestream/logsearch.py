@@ -375,6 +375,16 @@ class LogFilter:
         return self._end
 
     @property
+    def columns(self) -> tuple[str, ...]:
+        """The row fields ``matches`` reads, besides ``timestamp`` (what a query must project)."""
+        used = {name for name, _ in self._equals}
+        if self._fields:
+            used.add("fields")
+        if self._words:
+            used.update(WORD_FIELDS)
+        return tuple(sorted(used))
+
+    @property
     def matches_everything(self) -> bool:
         """No term and no bound: every row matches (the caller may skip ``matches``)."""
         return not (self._equals or self._fields or self._words or self._start or self._end)

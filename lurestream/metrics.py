@@ -75,6 +75,12 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.log_queries = Counter(
+            "lurestream_log_queries_total",
+            "Queries the live log feed sent (tail, stats, histogram, resume): per process, never per viewer",
+            ["query"],
+            registry=registry,
+        )
         self.resumed_events = Counter(
             "lurestream_resumed_events_total", "Events replayed to streams that resumed", registry=registry
         )

@@ -29,6 +29,7 @@ from lurestream.jetstream import stream_config
 from lurestream.kinds import Reads
 from lurestream.lifecycle import StreamOwner
 from lurestream.limits import ConnectionLimiter, MintRate, RequestCounter, Slots
+from lurestream.logfeed import LogFeed, LogFeedSettings
 from lurestream.metrics import Metrics
 from lurestream.snapshots import SnapshotReads
 from lurestream.store import Store, StoreUnavailable
@@ -59,6 +60,7 @@ class Services:
     reads: StoreReads
     requests: RequestCounter
     streams: StreamOwner
+    logs: LogFeed
     _housekeeping: PeriodicCallback | None = None
     _store_watch: asyncio.Task[None] | None = None
     _store_up: bool = False
@@ -75,7 +77,6 @@ class Services:
         metrics = Metrics()
         the_hub = hub or Hub(
             config.nats_url,
-            config.queue_max,
             jetstream=config.jetstream,
             stream_config=stream_config(config) if config.jetstream else None,
             replay_max=config.replay_max,
@@ -127,6 +128,19 @@ class Services:
             StoreReads(the_store, on_snapshot_query=lambda _keys: metrics.snapshot_queries.inc()),
             RequestCounter(),
             StreamOwner(limiter, connections, writer, metrics),
+            LogFeed(
+                the_store,
+                metrics,
+                LogFeedSettings(
+                    batch=config.log_batch,
+                    poll_seconds=config.log_poll_seconds,
+                    stats_seconds=config.log_stats_seconds,
+                    histogram_minutes=config.log_histogram_minutes,
+                    replay_max=config.log_replay_max,
+                    histogram_filters=config.log_histogram_filters,
+                    max_frame_bytes=config.stream_buffer_bytes,
+                ),
+            ),
         )
 
     @property
@@ -145,6 +159,7 @@ class Services:
             await asyncio.wait_for(first.wait(), STORE_SLOW_SECONDS)
         except asyncio.TimeoutError:
             pass
+        self.logs.start()
         self._housekeeping = PeriodicCallback(self.housekeep, HOUSEKEEPING_SECONDS * 1000)
         self._housekeeping.start()
 
@@ -186,6 +201,7 @@ class Services:
             await asyncio.gather(self._store_watch, return_exceptions=True)
             self._store_watch = None
         self.writer.close()
+        await self.logs.close()
         if isinstance(self.limiter, ClusterCap):
             await self.limiter.close()
         await self.hub.close()

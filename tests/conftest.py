@@ -22,7 +22,7 @@ from pymongo import MongoClient
 sys.path.insert(0, os.path.dirname(__file__))
 
 from browser import CHROMEDRIVER, CHROMIUM, console, new_driver  # noqa: E402
-from harness import ATTACKER_A, ATTACKER_B, SECRET, TOPOLOGY_1, TOPOLOGY_2, USERS, VIEWER, Harness  # noqa: E402
+from harness import ATTACKER_A, ATTACKER_B, SECRET, TOPOLOGY_1, TOPOLOGY_2, USERS, VIEWER, Harness, bus_up  # noqa: E402
 from processes import ServerProcess  # noqa: E402
 
 from lurestream.config import Config, config_from  # noqa: E402
@@ -180,9 +180,25 @@ def services(config: Config, io_loop: Any, mongo: Any, request: pytest.FixtureRe
     svc = Services.build(config, tracer=tracer)
     io_loop.run_sync(svc.start)
     if config.nats_url and request.node.get_closest_marker("no_bus_wait") is None:
-        assert io_loop.run_sync(lambda: svc.hub.wait_connected(10)), "hub did not connect to NATS"
+        assert io_loop.run_sync(lambda: bus_up(svc.hub, 10)), "hub did not connect to NATS"
     yield svc
-    io_loop.run_sync(svc.close)
+    io_loop.run_sync(lambda: _close_or_say_why(svc), timeout=60)
+
+
+async def _close_or_say_why(svc: Services) -> None:
+    """Close the test's services; if that takes more than 20 s, fail naming every task still pending (a
+    shutdown that hangs must say where, not stall the suite)."""
+    closing = asyncio.ensure_future(svc.close())
+    done, _ = await asyncio.wait({closing}, timeout=20)
+    if done:
+        closing.result()
+        return
+    stacks = []
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            frames = task.get_stack(limit=8)
+            stacks.append(f"{task.get_name()}: " + " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in frames))
+    raise AssertionError("Services.close() did not finish in 20 s; pending tasks:\n" + "\n".join(stacks))
 
 
 @pytest.fixture
@@ -212,7 +228,11 @@ def ls(
     async def settled() -> None:
         deadline = asyncio.get_running_loop().time() + 5
         while asyncio.get_running_loop().time() < deadline:
-            if services.hub.subscription_count == 0 and services.limiter.held() == 0:
+            if (
+                services.hub.subscription_count == 0
+                and services.limiter.held() == 0
+                and services.logs.stream_count == 0
+            ):
                 break
             await asyncio.sleep(0.02)
         await harness.aclose()
@@ -221,6 +241,7 @@ def ls(
     assert services.hub.subscription_count == 0, "leak: hub registrations remain after the test"
     assert services.hub.routing_keys == 0, "leak: routing keys remain after the test"
     assert services.limiter.held() == 0, "leak: connection slots remain after the test"
+    assert services.logs.stream_count == 0, "leak: live log feed streams remain after the test"
 
 
 @pytest.fixture

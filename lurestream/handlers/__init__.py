@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from lurestream.handlers import dashboard, directory, openapi, ops, sessions, stream, tickets
+from lurestream.handlers import dashboard, directory, logfeed, openapi, ops, sessions, stream, tickets
 from lurestream.services import Services
 
-MODULES = (stream, directory, tickets, sessions, ops, openapi, dashboard)
+MODULES = (stream, logfeed, directory, tickets, sessions, ops, openapi, dashboard)
 
 
 def all_handlers(services: Services) -> list[tuple[str, type, dict[str, Any]]]:

@@ -46,6 +46,7 @@ class LiveHandler(BaseHandler):
     accept_session = True
     accept_query_token = True
     label = "stream"  # the metrics and tracing label of the stream kind
+    resume_query = "last_event_id"  # the query parameter of a resume point (EventSource cannot send headers)
     _span: Span | None = None
 
     # -- tracing: one span per stream request, children for auth, existence and snapshot --------
@@ -108,13 +109,13 @@ class LiveHandler(BaseHandler):
         self.finish(sse.retry_frame(retry_ms) + sse.encode_frame("unavailable", sse.dumps(data)))
 
     # -- the lifecycle ---------------------------------------------------------------------------
-    def last_event_id(self, query_name: str = "last_event_id") -> str | None:
+    def last_event_id(self) -> str | None:
         """The resume point: the ``Last-Event-ID`` header (what EventSource sends on its own reconnects,
         so the newest) or else the query parameter (for a rebuilt EventSource)."""
         header = self.request.headers.get("Last-Event-ID")
         if header is not None and header.strip():
             return header
-        query = self.get_query_argument(query_name, None)
+        query = self.get_query_argument(self.resume_query, None)
         return query if query is not None and query.strip() else None
 
     def admit(self) -> StreamLife:

@@ -56,43 +56,46 @@ class Store(Protocol):
         """Atomically remove and return the ticket document (every redemption attempt uses it up)."""
         ...
 
-    async def get_attacker(self, uuid: str) -> dict[str, Any] | None: ...
-
-    async def get_topology(self, topology_id: str) -> dict[str, Any] | None: ...
-
     async def get_attackers(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
         """The attackers of ``uuids`` that exist, by uuid (one query for many: connect storms)."""
         ...
 
     async def get_topologies(self, topology_ids: list[str]) -> dict[str, dict[str, Any]]: ...
 
-    async def list_attackers(self, limit: int) -> list[dict[str, Any]]:
-        """Up to ``limit`` attackers (``_id``, ``ip``, ``identity_id``), for pickers; by id."""
-        ...
-
     async def list_topologies(self, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` topologies (``_id``, ``status``), for pickers; by id."""
         ...
 
-    async def latest_observations(self, attacker_uuid: str) -> list[dict[str, Any]]:
-        """Per primitive, the observation with the greatest ``ts``; sorted by primitive (protocol §3)."""
-        ...
-
     async def latest_observations_many(self, uuids: list[str]) -> dict[str, list[dict[str, Any]]]:
-        """``latest_observations`` of several attackers in one query."""
+        """Per attacker, per primitive, the observation with the greatest ``ts``, sorted by primitive
+        (protocol §3); several attackers in one query (connect storms)."""
         ...
 
-    async def in_flight_mutations(self, topology_id: str) -> list[dict[str, Any]]:
-        """Pending (newest first) then applying (newest first) mutations, JSON-ready (protocol §4)."""
+    async def in_flight_mutations_many(self, topology_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Per topology, pending (newest first) then applying (newest first) mutations, JSON-ready (protocol §4)."""
         ...
-
-    async def in_flight_mutations_many(self, topology_ids: list[str]) -> dict[str, list[dict[str, Any]]]: ...
 
     async def newest(
         self, collection: str, sort_field: str, limit: int, where: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:
         """The ``limit`` newest documents of ``collection`` by ``sort_field`` (descending, ties by ``_id``),
         matching ``where``, each with ``_id`` renamed ``id`` (the firehoses' snapshots, protocol §14)."""
+        ...
+
+    async def last_log_id(self) -> int:
+        """The greatest ``_id`` of ``logs`` (0 when empty): where the live log feed's tail starts."""
+        ...
+
+    async def logs_after(self, after: int, limit: int, until: int | None = None) -> list[dict[str, Any]]:
+        """Up to ``limit`` ``logs`` rows with ``after < _id`` (``<= until``), in id order."""
+        ...
+
+    async def log_stats(self) -> dict[str, int]:
+        """``total_logs``, ``unique_attackers``, ``active_deckies``, ``deployed_deckies`` (protocol §15)."""
+        ...
+
+    async def log_timestamps(self, where: dict[str, Any], fields: list[str], limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` rows matching ``where``, with ``timestamp`` and ``fields`` only (a histogram)."""
         ...
 
     async def init_indexes(self) -> list[str]: ...
@@ -102,6 +105,12 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    async def search_attackers(self, q: str, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` attackers (``_id``, ``ip``, ``identity_id``, ``score``, ``last_seen``) whose ip or
+        uuid contains ``q`` as a literal, case-insensitively (every attacker when ``q`` is empty), most
+        recently seen first: ``last_seen`` descending, attackers without one last, ties by ``_id``."""
+        ...
 
 
 __all__ = ["Store", "StoreUnavailable"]

@@ -29,12 +29,13 @@ SCAN_LIMIT = 2000  # observations read per snapshot before falling back to the $
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "observations": [([("attacker_uuid", ASCENDING), ("primitive", ASCENDING), ("ts", DESCENDING)], {})],
     "topology_mutations": [([("topology_id", ASCENDING), ("state", ASCENDING), ("requested_at", DESCENDING)], {})],
-    # TTL for clean-up only: redemption checks expires_at itself (TTL monitors run about once a minute).
     # the dashboard's firehoses and live log feed (protocol §14, §15): their snapshots' and queries' sort keys
     "identities": [([("updated_at", DESCENDING)], {})],
     "campaigns": [([("updated_at", DESCENDING)], {})],
     "orchestrator_events": [([("ts", DESCENDING)], {}), ([("decky_uuid", ASCENDING), ("ts", DESCENDING)], {})],
     "logs": [([("timestamp", ASCENDING)], {})],
+    "attackers": [([("last_seen", DESCENDING)], {})],  # the picker: most recently active first
+    # TTL for clean-up only: redemption checks expires_at itself (TTL monitors run about once a minute).
     "sse_tickets": [([("expires_at", ASCENDING)], {"expireAfterSeconds": 0})],
     "sse_sessions": [([("expires_at", ASCENDING)], {"expireAfterSeconds": 0})],
 }
@@ -194,21 +195,6 @@ class MongoStore:
         """``revoked_among`` on the connect path: StoreUnavailable after ``timeout_ms`` (a quick 503)."""
         return await self.revoked_among(jtis)
 
-    @_quick
-    async def get_attacker(self, uuid: str) -> dict[str, Any] | None:
-        doc: dict[str, Any] | None = await self.db.attackers.find_one({"_id": uuid}, {"ip": 1, "identity_id": 1})
-        return doc
-
-    @_quick
-    async def get_topology(self, topology_id: str) -> dict[str, Any] | None:
-        doc: dict[str, Any] | None = await self.db.topologies.find_one({"_id": topology_id}, {"status": 1})
-        return doc
-
-    @_unavailable
-    async def list_attackers(self, limit: int) -> list[dict[str, Any]]:
-        cursor = self.db.attackers.find({}, {"ip": 1, "identity_id": 1}).sort("_id", 1).limit(limit)
-        return await self._to_list(cursor)
-
     @_unavailable
     async def list_topologies(self, limit: int) -> list[dict[str, Any]]:
         cursor = self.db.topologies.find({}, {"status": 1}).sort("_id", 1).limit(limit)
@@ -223,9 +209,6 @@ class MongoStore:
     async def get_topologies(self, topology_ids: list[str]) -> dict[str, dict[str, Any]]:
         cursor = self.db.topologies.find({"_id": {"$in": topology_ids}}, {"status": 1})
         return {doc["_id"]: doc for doc in await self._to_list(cursor)}
-
-    async def latest_observations(self, attacker_uuid: str) -> list[dict[str, Any]]:
-        return (await self.latest_observations_many([attacker_uuid]))[attacker_uuid]
 
     @_unavailable
     async def latest_observations_many(self, uuids: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -266,9 +249,6 @@ class MongoStore:
         rows = await self._aggregate("observations", pipeline)
         return [{f: row["doc"].get(f) for f in OBSERVATION_FIELDS} for row in rows]
 
-    async def in_flight_mutations(self, topology_id: str) -> list[dict[str, Any]]:
-        return (await self.in_flight_mutations_many([topology_id]))[topology_id]
-
     @_unavailable
     async def in_flight_mutations_many(self, topology_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         cursor = self.db.topology_mutations.find(
@@ -289,6 +269,40 @@ class MongoStore:
     ) -> list[dict[str, Any]]:
         cursor = self.db[collection].find(where or {}).sort([(sort_field, DESCENDING), ("_id", ASCENDING)]).limit(limit)
         return [_with_id(doc) for doc in await self._to_list(cursor)]
+
+    # -- the live log feed (protocol §15): one tail, stats and histograms per process, never per viewer ---
+    @_unavailable
+    async def last_log_id(self) -> int:
+        # The range keeps the sort among numbers: MongoDB orders a stray text ``_id`` after every number
+        # (its answer would be 0: the tail would start at the beginning), and the MongoDB-wire test
+        # server sorts an unfiltered ``_id`` as text (999 above 3000).
+        where = {"_id": {"$gte": 0}}
+        docs = await self._to_list(self.db.logs.find(where, {"_id": 1}).sort("_id", DESCENDING).limit(1))
+        return int(docs[0]["_id"]) if docs and isinstance(docs[0].get("_id"), int) else 0
+
+    @_unavailable
+    async def logs_after(self, after: int, limit: int, until: int | None = None) -> list[dict[str, Any]]:
+        where: dict[str, Any] = {"$gt": after} if until is None else {"$gt": after, "$lte": until}
+        cursor = self.db.logs.find({"_id": where}).sort("_id", ASCENDING).limit(limit)
+        return await self._to_list(cursor)
+
+    @_unavailable
+    async def log_stats(self) -> dict[str, int]:
+        total = await self.db.logs.estimated_document_count()  # the collection's count, not a scan
+        distinct = await self._aggregate("logs", [{"$group": {"_id": "$attacker_ip"}}, {"$count": "n"}])
+        running = await self.db.deckies.count_documents({"state": "running"})
+        deployed = await self.db.deckies.count_documents({})
+        return {
+            "total_logs": int(total),
+            "unique_attackers": int(distinct[0]["n"]) if distinct else 0,
+            "active_deckies": int(running),
+            "deployed_deckies": int(deployed),
+        }
+
+    @_unavailable
+    async def log_timestamps(self, where: dict[str, Any], fields: list[str], limit: int) -> list[dict[str, Any]]:
+        cursor = self.db.logs.find(where, {name: 1 for name in ("timestamp", *fields)}).limit(limit)
+        return await self._to_list(cursor)
 
     @_unavailable
     async def init_indexes(self) -> list[str]:
@@ -314,6 +328,19 @@ class MongoStore:
         result = self.client.close()
         if result is not None:  # PyMongo's async close is a coroutine; motor's is not
             await result
+
+    @_unavailable
+    async def search_attackers(self, q: str, limit: int) -> list[dict[str, Any]]:
+        # The caller's text as a literal: every character but a letter or digit backslash-escaped (always a
+        # literal in PCRE), so no text can be a pattern with a backtracking cost. Sorted like the
+        # attackers (last_seen desc) index, so a common match stops after ``limit`` documents.
+        where: dict[str, Any] = {}
+        if q:
+            literal = {"$regex": "".join(c if c.isalnum() else "\\" + c for c in q), "$options": "i"}
+            where = {"$or": [{"ip": literal}, {"_id": literal}]}
+        fields = {"ip": 1, "identity_id": 1, "score": 1, "last_seen": 1}
+        cursor = self.db.attackers.find(where, fields).sort([("last_seen", DESCENDING), ("_id", ASCENDING)])
+        return await self._to_list(cursor.limit(limit))
 
 
 def _with_id(doc: dict[str, Any]) -> dict[str, Any]:
