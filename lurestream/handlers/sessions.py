@@ -21,10 +21,11 @@ COOKIE_PATH = "/api/v1/"
 
 class SessionHandler(BaseHandler):
     fresh_credentials = True  # a JWT revoked a moment ago mints nothing (protocol §16)
+    # POST needs a Bearer JWT (no ticket, no cookie, no ?token=); DELETE needs only the cookie it ends
+    auth_methods = frozenset({"POST"})
 
     async def prepare(self) -> None:
-        # POST needs a Bearer JWT (no ticket, no cookie, no ?token=); DELETE needs only the cookie it ends
-        self.auth_required = self.request.method == "POST"
+        self.auth_required = self.request.method in self.auth_methods
         await super().prepare()
 
     async def post(self) -> None:
