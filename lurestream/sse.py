@@ -1,4 +1,5 @@
-"""SSE frame encoding (pure): the bytes every stream writes.
+"""SSE frames: the encoding (pure) — the bytes every stream writes — and the one parser lurestream's clients
+read them with (:class:`FrameParser`).
 
 Invariants: a frame is UTF-8, ends with a blank line, and a field value can never break the frame —
 line breaks in event names or ids are removed, and multi-line data becomes one ``data:`` line per line.
@@ -8,8 +9,11 @@ Frames are built once and the same ``bytes`` object is shared by every connectio
 from __future__ import annotations
 
 import base64
+import codecs
 import json
 import math
+import re
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -124,3 +128,121 @@ def keepalive_frame(event_id: str | None) -> bytes:
     """The idle comment; with JetStream it also carries the id of the stream position so a quiet stream's
     EventSource advances its Last-Event-ID (an id-only frame updates it without dispatching)."""
     return KEEPALIVE if event_id is None else f": keepalive\nid: {_field(event_id)}\n\n".encode("ascii")
+
+
+# -- reading: the client side --------------------------------------------------------------------------
+@dataclass
+class Frame:
+    """One frame as it was on the wire: the fields of the lines between two blank lines.
+
+    Unlike an EventSource, which dispatches *events*, this keeps every frame, so a client can see a
+    keepalive comment, an id-only frame and a bare ``retry:`` hint. ``event`` and ``data`` are None when
+    the frame had no such field (an EventSource dispatches nothing for a frame without ``data``); ``id``
+    is this frame's own ``id:``, not carried over from earlier frames.
+    """
+
+    event: str | None = None
+    data: str | None = None
+    id: str | None = None
+    retry: int | None = None  # milliseconds: only a value of ASCII digits counts, as in the SSE spec
+    comments: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The event type an EventSource would dispatch it as (``message`` when no name was given)."""
+        return self.event or "message"
+
+    @property
+    def is_keepalive(self) -> bool:
+        """lurestream's idle comment (``: keepalive``, perhaps with an ``id:``): nothing to dispatch."""
+        return self.event is None and self.data is None and "keepalive" in self.comments
+
+    def json(self) -> Any:
+        if self.data is None:
+            raise ValueError(f"frame has no data: {self}")
+        return json.loads(self.data)
+
+
+_LINE_END = re.compile(r"\r\n?|\n")
+
+
+class FrameParser:
+    """Incremental SSE parser (the WHATWG "event stream interpretation"): feed it bytes as they arrive,
+    in pieces of any size, and get back the frames they complete.
+
+    Lines end with ``\\n``, ``\\r\\n`` or ``\\r`` (a ``\\r`` at the end of one piece and a ``\\n`` at the
+    start of the next are one line end); UTF-8 characters may be split across pieces; one leading BOM is
+    dropped; ``field: value`` loses one space after the colon; a line without a colon is a field with an
+    empty value; an ``id`` holding NUL and a ``retry`` that is not all ASCII digits are ignored; several
+    ``data`` lines join with ``\\n``. A frame cut off by the end of the stream is never returned (the spec
+    discards it). Bytes that are not UTF-8 become U+FFFD, as in a browser (``errors="replace"``), or
+    raise UnicodeDecodeError (``errors="strict"``: the tests, for which such bytes are a server's bug).
+
+    lurestream's clients all read with this one parser — ``lurestream tail``, the test clients — so what
+    the tests accept is what the tool shows, and both agree with the encoders above (the property tests
+    in tests/test_sse_parser.py feed it every kind of frame they write, cut at every point).
+    """
+
+    def __init__(self, errors: str = "replace") -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
+        self._partial = ""  # an unterminated line
+        self._after_cr = False  # the last piece ended with \r: a \n starting the next one is its pair
+        self._started = False  # text seen (so a BOM can only be the very first character)
+        self._frame: Frame | None = None
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[Frame]:
+        text = self._decoder.decode(chunk)
+        if not text:
+            return []
+        if not self._started:
+            self._started = True
+            if text[0] == "\ufeff":
+                text = text[1:]
+        if self._after_cr:
+            self._after_cr = False
+            if text.startswith("\n"):
+                text = text[1:]
+        buffer = self._partial + text
+        frames: list[Frame] = []
+        if "\r" not in buffer:  # what lurestream sends: split at once
+            lines = buffer.split("\n")
+            self._partial = lines.pop()
+        else:
+            lines, start = [], 0
+            for end in _LINE_END.finditer(buffer):
+                lines.append(buffer[start : end.start()])
+                start = end.end()
+            self._partial = buffer[start:]
+            self._after_cr = not self._partial and buffer.endswith("\r")
+        for line in lines:
+            self._line(line, frames)
+        return frames
+
+    def _line(self, line: str, frames: list[Frame]) -> None:
+        if not line:  # a blank line ends the frame, if one was begun
+            if self._frame is not None:
+                if self._data:
+                    self._frame.data = "\n".join(self._data)
+                    self._data = []
+                frames.append(self._frame)
+                self._frame = None
+            return
+        frame = self._frame
+        if frame is None:
+            frame = self._frame = Frame()
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if not name:
+            frame.comments.append(value)
+        elif name == "data":
+            self._data.append(value)
+        elif name == "event":
+            frame.event = value
+        elif name == "id":
+            if "\0" not in value:
+                frame.id = value
+        elif name == "retry":
+            if value.isascii() and value.isdigit():
+                frame.retry = int(value)

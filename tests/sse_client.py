@@ -1,54 +1,20 @@
 """A raw-socket HTTP/1.1 SSE client for the tests: full control over reading, stalling and hanging up.
 
 It speaks just enough HTTP: one GET, the status line and headers, then the chunked body decoded into
-SSE frames. ``close()`` drops the TCP connection the way a browser tab closing does.
+SSE frames by the package's own parser (``lurestream.sse.FrameParser``, strict UTF-8: bytes that are not
+UTF-8 fail the test). ``close()`` drops the TCP connection the way a browser tab closing does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
+from lurestream.sse import Frame, FrameParser
 
-@dataclass
-class Frame:
-    event: str | None = None
-    data: str | None = None
-    id: str | None = None
-    retry: str | None = None
-    comments: list[str] = field(default_factory=list)
-
-    @property
-    def is_keepalive(self) -> bool:
-        return self.event is None and self.data is None and "keepalive" in self.comments
-
-    def json(self) -> Any:
-        assert self.data is not None, f"frame has no data: {self}"
-        return json.loads(self.data)
-
-
-def parse_frame(block: str) -> Frame:
-    frame = Frame()
-    data_lines: list[str] = []
-    for line in block.split("\n"):
-        if line.startswith(":"):
-            frame.comments.append(line[1:].strip())
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "data":
-            data_lines.append(value)
-        elif name == "event":
-            frame.event = value
-        elif name == "id":
-            frame.id = value
-        elif name == "retry":
-            frame.retry = value
-    if data_lines:
-        frame.data = "\n".join(data_lines)
-    return frame
+__all__ = ["Frame", "SSEClient"]
 
 
 class SSEClient:
@@ -58,7 +24,8 @@ class SSEClient:
         self.status = 0
         self.headers: dict[str, str] = {}
         self.raw = b""  # the decoded body so far, for byte-exact assertions
-        self._buffer = ""
+        self._parser = FrameParser(errors="strict")
+        self._frames: collections.deque[Frame] = collections.deque()
         self._body_done = False
 
     @classmethod
@@ -114,7 +81,7 @@ class SSEClient:
         """The next SSE frame; raises EOFError when the server ends the response."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while "\n\n" not in self._buffer:
+        while not self._frames:
             if self._body_done:
                 raise EOFError("stream ended")
             remaining = deadline - loop.time()
@@ -127,9 +94,8 @@ class SSEClient:
             if chunk is None:
                 continue
             self.raw += chunk
-            self._buffer += chunk.decode("utf-8")
-        block, self._buffer = self._buffer.split("\n\n", 1)
-        return parse_frame(block)
+            self._frames.extend(self._parser.feed(chunk))
+        return self._frames.popleft()
 
     async def next_event(self, timeout: float = 5.0) -> Frame:
         """The next frame that is not a keepalive comment."""

@@ -68,6 +68,7 @@ from lurestream.localservices import (
     nats_server_binary,
     nats_server_version,
 )
+from lurestream.sse import FrameParser
 from lurestream.tokens import mint_token
 
 SECRET = "lurestream-cluster-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
@@ -904,10 +905,10 @@ class Follower:
                 raise Refused(status)
             length = _content_length(head)
             if length is not None:  # the "retry later" answer: `retry:` and `event: unavailable`, then the end
-                body = (await asyncio.wait_for(reader.readexactly(length), self.connect_timeout)).decode()
-                event, data, _id, retry = _fields(body.split("\n\n", 1)[1].strip("\n"))
-                assert event == "unavailable" and data is not None, body
-                raise Waited(int(json.loads(data)["status"]), int(body.split("\n", 1)[0].removeprefix("retry: ")))
+                body = await asyncio.wait_for(reader.readexactly(length), self.connect_timeout)
+                hint, answer = FrameParser(errors="strict").feed(body)
+                assert hint.retry is not None and answer.event == "unavailable", body
+                raise Waited(int(answer.json()["status"]), hint.retry)
             session = Session(f"{address}:{port}", time.time())
             self.sessions.append(session)
             await self._read_stream(reader, session, len(self.sessions) - 1)
@@ -926,7 +927,7 @@ class Follower:
             self._writer = None
 
     async def _read_stream(self, reader: asyncio.StreamReader, session: Session, index: int) -> None:
-        buffer = ""
+        parser = FrameParser(errors="strict")
         replay_left = 0
         while True:
             try:
@@ -939,10 +940,8 @@ class Follower:
             if chunk is None:
                 session.ended, session.end = time.time(), "stopped" if self._stop.is_set() else "eof"
                 return
-            buffer += chunk.decode()
-            while "\n\n" in buffer:
-                block, buffer = buffer.split("\n\n", 1)
-                event, data, event_id, retry = _fields(block)
+            for frame in parser.feed(chunk):
+                event, data, event_id, retry = frame.name, frame.data, frame.id, frame.retry
                 if retry is not None:
                     self.retry_ms = retry
                     session.retry_hint = retry
@@ -969,7 +968,7 @@ class Follower:
                 else:
                     seq = sequence_of(event_id)
                     if seq is None:
-                        self.errors.append(f"session {index}: event without an id: {block!r}")
+                        self.errors.append(f"session {index}: event without an id: {frame!r}")
                         continue
                     self.events.append((seq, time.time(), index))
                     session.events += 1
@@ -1019,24 +1018,6 @@ async def _read_chunk(reader: asyncio.StreamReader) -> bytes | None:
         return None
     data = await reader.readexactly(size + 2)
     return data[:-2]
-
-
-def _fields(block: str) -> tuple[str, str | None, str | None, int | None]:
-    event, data, event_id, retry = "message", None, None, None
-    for line in block.split("\n"):
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "event":
-            event = value
-        elif name == "data":
-            data = value if data is None else data + "\n" + value
-        elif name == "id":
-            event_id = value
-        elif name == "retry" and value.isdigit():
-            retry = int(value)
-    return event, data, event_id, retry
 
 
 class Followers:
