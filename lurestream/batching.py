@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from lurestream.store import Store
 
 V = TypeVar("V")
 
@@ -86,7 +89,7 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
 class StoreReads:
     """The connect path's store reads for one process, each coalesced (see the module docstring)."""
 
-    def __init__(self, store: Any, on_snapshot_query: Callable[[int], None] | None = None) -> None:
+    def __init__(self, store: Store, on_snapshot_query: Callable[[int], None] | None = None) -> None:
         # through the store's attributes at call time, so a test can stand in for a method
         self.attackers: Coalescer[dict[str, Any]] = Coalescer(lambda keys: store.get_attackers(keys))
         self.topologies: Coalescer[dict[str, Any]] = Coalescer(lambda keys: store.get_topologies(keys))

@@ -47,7 +47,6 @@ import asyncio
 import errno
 import http
 import ipaddress
-import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable
@@ -59,7 +58,7 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
 
-from lurestream import tornado_internals
+from lurestream import replies, tornado_internals
 
 log = logging.getLogger("lurestream.edge")
 
@@ -186,12 +185,12 @@ def _normalised_ip(text: str) -> str | None:
 
 def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> bytes:
     """A complete ``Connection: close`` HTTP/1.1 response with the JSON error body every endpoint uses."""
-    body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
+    body = replies.error_body(detail)
     lines = [
         f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
         "Content-Type: application/json",
         f"Content-Length: {len(body)}",
-        "X-Content-Type-Options: nosniff",
+        *(f"{name}: {value}" for name, value in replies.COMMON_HEADERS.items()),
         "Connection: close",
     ]
     lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
@@ -672,9 +671,4 @@ class EdgeServer(HTTPServer):
 
     def cors_headers(self, origin: str | None = None) -> dict[str, str]:
         """The CORS headers an edge reply carries (protocol §11: ``Vary: Origin`` on every response)."""
-        if not self.cors_origins:
-            return {}
-        headers = {"Vary": "Origin"}
-        if origin and ("*" in self.cors_origins or origin in self.cors_origins):
-            headers["Access-Control-Allow-Origin"] = origin
-        return headers
+        return replies.cors_headers(self.cors_origins, origin)

@@ -26,7 +26,6 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
@@ -36,6 +35,7 @@ from nats.js import JetStreamContext, api
 from lurestream import eventids, natsclient, sse
 from lurestream.consumer import StreamConsumer
 from lurestream.envelope import DEFAULT_MAX_BYTES, Envelope, MalformedMessage, decode_envelope
+from lurestream.logs import Throttled
 from lurestream.metrics import Metrics
 from lurestream.natsclient import GuardedClient
 from lurestream.redact import redact
@@ -79,33 +79,12 @@ def _utf8(subject: str) -> bool:
     return True
 
 
-class _RateLimitedLog:
-    """Log at most one line per ``interval`` seconds and say how many were suppressed."""
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self._last = float("-inf")
-        self._suppressed = 0
-
-    def warning(self, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg += " (%d similar messages suppressed)"
-            args = (*args, self._suppressed)
-        self._last, self._suppressed = now, 0
-        log.warning(msg, *args)
-
-
 class Hub:
     """Owns the process's NATS connection and the routing table ``key -> {stream}``."""
 
     def __init__(
         self,
         nats_url: str,
-        queue_max: int,
         name: str | None = None,
         reconnect_wait: float = 1.0,
         jetstream: str = "",
@@ -125,7 +104,6 @@ class Hub:
         self.nats_options = nats_options
         self.max_message_bytes = max_message_bytes
         self.max_frame_bytes = max_frame_bytes
-        self.queue_max = queue_max
         self.jetstream = jetstream
         self.stream_config = stream_config  # creates the stream when it is missing
         self.replay_max = replay_max
@@ -157,8 +135,8 @@ class Hub:
         self._nc: GuardedClient | None = None
         self._connector: asyncio.Task[None] | None = None
         self._closing = False
-        self._malformed_log = _RateLimitedLog()
-        self._bus_log = _RateLimitedLog(60.0)  # protocol §11: a bus that stays down is logged once a minute
+        self._malformed_log = Throttled(log)
+        self._bus_log = Throttled(log, 60.0)  # protocol §11: a bus that stays down is logged once a minute
 
     # -- streams -------------------------------------------------------------------------------
     def register(self, stream: Subscriber) -> None:
@@ -228,9 +206,6 @@ class Hub:
     @property
     def routing_keys(self) -> int:
         return len(self._routes)
-
-    def open_subscriptions(self) -> list[Subscriber]:
-        return list(self._registered)
 
     # -- routing -------------------------------------------------------------------------------
     def dispatch(self, subject: str, data: bytes, seq: int = 0) -> int:
@@ -363,13 +338,6 @@ class Hub:
         """Begin connecting in the background; returns at once (serving never waits for the bus)."""
         if self.nats_url and self._connector is None:
             self._connector = asyncio.create_task(self._connect_loop(), name="lurestream-nats-connect")
-
-    async def wait_connected(self, timeout: float) -> bool:
-        """For start-up logs and tests: wait until the bus is up (or the timeout passes)."""
-        deadline = time.monotonic() + timeout
-        while self.state != BUS_CONNECTED and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        return self.state == BUS_CONNECTED
 
     async def _connect_loop(self) -> None:
         attempt = 0

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from lurestream.redact import RedactingFilter, redact, redact_url
@@ -58,6 +59,36 @@ class FloodFilter(logging.Filter):
             record.args = None
             bucket[2] = 0
         return True
+
+
+class Throttled:
+    """One source's warnings, at most one line per ``interval`` seconds; the next line that is written
+    says how many were held back.
+
+    For a source that knows its own repeat rate — a bus that stays down is worth a line a minute
+    (protocol §11), a stream of malformed messages a line every ten seconds. ``FloodFilter`` is the
+    safety net behind it for everything else.
+    """
+
+    def __init__(
+        self, logger: logging.Logger, interval: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._last = float("-inf")
+        self._suppressed = 0
+
+    def warning(self, msg: str, *args: Any) -> None:
+        now = self.clock()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += " (%d similar lines suppressed)"
+            args = (*args, self._suppressed)
+        self._last, self._suppressed = now, 0
+        self.logger.warning(msg, *args)
 
 
 class JsonFormatter(logging.Formatter):

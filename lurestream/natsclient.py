@@ -43,6 +43,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from lurestream.logs import Throttled
+
 log = logging.getLogger("lurestream.nats")
 
 _STATUS_HEADER_PREFIX = b"NATS/1.0 "  # a status line: "NATS/1.0 100 Idle Heartbeat"
@@ -65,8 +67,7 @@ class GuardedClient(Client):
         self.skipped = 0  # messages nats.py could not process (counted, logged rate-limited)
         self.on_skipped: Callable[[str], None] | None = None
         self._last_inbound: weakref.WeakKeyDictionary[Subscription, float] = weakref.WeakKeyDictionary()
-        self._skip_logged = float("-inf")
-        self._skips_unlogged = 0
+        self._skip_log = Throttled(log)
         self._tried: set[str] = set()  # servers tried since the connection was lost (the lost one first)
 
     # -- what readiness asks -----------------------------------------------------------------------------
@@ -154,17 +155,8 @@ class GuardedClient(Client):
         self.skipped += 1
         if self.on_skipped is not None:
             self.on_skipped(what)
-        now = time.monotonic()
-        if now - self._skip_logged < 10.0:
-            self._skips_unlogged += 1
-            return
-        suppressed, self._skips_unlogged, self._skip_logged = self._skips_unlogged, 0, now
-        log.warning(
-            "skipped a NATS %s nats.py could not process (%s: %s)%s",
-            what,
-            type(exc).__name__,
-            str(exc)[:200],
-            f" ({suppressed} similar suppressed)" if suppressed else "",
+        self._skip_log.warning(
+            "skipped a NATS %s nats.py could not process (%s: %s)", what, type(exc).__name__, str(exc)[:200]
         )
 
 

@@ -197,8 +197,7 @@ async def drain(services: Services, seconds: float, cut_short: asyncio.Event) ->
         cut.cancel()
         for timer in timers:
             timer.cancel()
-        for stream in list(writer.streams):
-            writer.drain(stream)
+        writer.drain_all()
         end = loop.time() + 1.0
         while limiter.held() and loop.time() < end:  # let the retry hints go out
             await asyncio.sleep(0.01)

@@ -4,8 +4,9 @@ Each worker binds its own listening socket on the port with ``SO_REUSEPORT``, so
 new connections evenly over the workers (with one shared socket, whichever worker wakes first takes
 most of them and can hit its open-files limit alone). The parent checks the port first, forks the
 workers (each then builds its own hub, NATS connection and MongoDB client inside its own event loop),
-forwards SIGTERM/SIGINT to them, and replaces a worker that dies unexpectedly. Per-user caps are per
-process; tickets work across processes (they live in MongoDB).
+forwards SIGTERM/SIGINT to them, and replaces a worker that dies unexpectedly. Nothing a stream
+needs is held by one worker alone: the per-user cap lives in a JetStream key-value bucket
+(``LURESTREAM_CAP_BUCKET``, protocol §13), tickets and sessions in MongoDB, event ids in the stream.
 Metrics: the parent points prometheus-client's multiprocess mode at a private directory (unless
 ``PROMETHEUS_MULTIPROC_DIR`` is already set) before any worker imports it, so every worker's
 ``/metrics`` shows the whole server; a dead worker's live gauges are dropped.

@@ -29,11 +29,14 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from lurestream import sse
 from lurestream.metrics import Metrics
 from lurestream.routing import Key
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger("lurestream.writer")
 
@@ -135,7 +138,7 @@ class LiveStream:
         self.reason: str | None = None
         self.last_sent = 0.0
         self.stalled_since = 0.0  # when the kernel last refused part of a chunk (0: not stalled)
-        self.span: Any = None
+        self.span: Span | None = None  # the stream request's trace span, while it records
         self.expires = 0.0  # epoch seconds the credential expires (0: never checked)
         self.jti = ""  # the credential's JWT id and issue time, for the revocation sweep (protocol §12)
         self.iat = 0.0
@@ -493,8 +496,8 @@ class LiveWriter:
             return
         stream.closed = True
         stream.closing = True
-        if stream.reason is None or reason in (SEND_TIMEOUT, CLIENT_CLOSED) and stream.reason == LAGGING:
-            stream.reason = stream.reason or reason
+        if stream.reason is None:  # the first reason stands (a lagging stream whose client then leaves is lagging)
+            stream.reason = reason
         stream.source.unregister(stream)
         sock, stream.sock = stream.sock, None
         if sock is not None:

@@ -26,14 +26,15 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
-def new_driver() -> Any:
-    """A headless Chromium with its console log kept (``driver.get_log('browser')``)."""
+def new_driver(*extra: str) -> Any:
+    """A headless Chromium with its console log kept (``driver.get_log('browser')``); ``extra``: more
+    command-line switches (the proxy tests add ``--ignore-certificate-errors`` for their own certificate)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000", *extra):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)

@@ -731,20 +731,10 @@ class ChromiumClients:
 
 
 def chromium_driver() -> Any:
-    """Headless Chromium that accepts the proxies' self-signed certificate (browser.new_driver's options)."""
-    from browser import CHROMEDRIVER, CHROMIUM
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    """Headless Chromium that accepts the proxies' self-signed certificate."""
+    from browser import new_driver
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--ignore-certificate-errors"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    driver.set_script_timeout(30)
-    return driver
+    return new_driver("--ignore-certificate-errors")
 
 
 # -- the publisher -----------------------------------------------------------------------------------

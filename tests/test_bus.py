@@ -7,7 +7,7 @@ import json
 import urllib.request
 
 import pytest
-from harness import ATTACKER_A, ATTACKER_B, standalone
+from harness import ATTACKER_A, ATTACKER_B, bus_up, standalone
 
 from lurestream.eventids import sequence_of
 from lurestream.localservices import free_port, nats_server
@@ -99,7 +99,7 @@ async def test_bus_down_at_start_then_up_forwards_without_reconnect(tmp_path, io
             await client.start_stream()
             assert (await client.next_frame(3)).is_keepalive
             svc.start()
-            assert await harness.hub.wait_connected(15)
+            assert await bus_up(harness.hub, 15)
             assert (await harness.fetch("GET", "/readyz")).code == 200
             await harness.publish("attacker.observation.ja3", {"attacker_uuid": A, "after": "bus up"})
             frame = await client.next_event(5)
@@ -117,7 +117,7 @@ async def test_forwarding_resumes_after_nats_restart(tmp_path, io_loop, mongo, m
     try:
         async with standalone(svc.url, mongo_service.url, db_name, mongo, {"jetstream": jetstream}) as harness:
             hub = harness.hub
-            assert await hub.wait_connected(10)
+            assert await bus_up(hub, 10)
             client = await harness.open(f"/api/v1/attackers/{A}/events", token=harness.token())
             await client.start_stream()
             await harness.publish("attacker.observation.ja3", {"attacker_uuid": A, "n": "before"})
@@ -128,7 +128,7 @@ async def test_forwarding_resumes_after_nats_restart(tmp_path, io_loop, mongo, m
             await harness.wait_for(lambda: hub.state == "disconnected", 10, "hub to notice NATS went away")
             assert (await harness.fetch("GET", "/readyz")).code == 503
             svc.start()
-            assert await hub.wait_connected(20), "hub did not reconnect"
+            assert await bus_up(hub, 20), "hub did not reconnect"
             # the client library restores the subscriptions; publish until the server has them
             deadline = asyncio.get_running_loop().time() + 10
             while True:

@@ -158,7 +158,7 @@ def test_attacker_keys_never_raise(doc: dict[str, Any]) -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(subject=SUBJECTS, body=BODIES)
 def test_the_hub_never_raises_on_a_bus_message(subject: str, body: bytes) -> None:
-    hub = Hub("", 16)
+    hub = Hub("")
     before = hub.metrics.value("lurestream_bus_malformed_total")
     hub.dispatch(subject, body)
     try:

@@ -24,7 +24,7 @@ def _jetstream_like(hub: Hub) -> None:
 
 def test_a_later_stream_shares_the_read_and_gets_the_events_it_could_not_reflect():
     async def scenario():
-        hub = Hub("", 16)
+        hub = Hub("")
         _jetstream_like(hub)
         reads = SnapshotReads(hub)
         gate = asyncio.Event()
@@ -57,7 +57,7 @@ def test_a_later_stream_shares_the_read_and_gets_the_events_it_could_not_reflect
 
 def test_without_replay_memory_only_streams_registered_before_the_read_share_it():
     async def scenario():
-        hub = Hub("", 16)
+        hub = Hub("")
         reads = SnapshotReads(hub)
         calls = []
 
@@ -78,7 +78,7 @@ def test_without_replay_memory_only_streams_registered_before_the_read_share_it(
 
 def test_a_failed_read_is_not_shared_afterwards():
     async def scenario():
-        hub = Hub("", 16)
+        hub = Hub("")
         reads = SnapshotReads(hub)
 
         async def broken():

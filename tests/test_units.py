@@ -75,7 +75,7 @@ def test_decode_envelope():
 
 
 def test_hub_routes_in_one_lookup_and_encodes_once():
-    hub = Hub("", queue_max=4)
+    hub = Hub("")
     a = Probe(hub, [("attacker", "u1"), ("ip", "1.1.1.1")])
     b = Probe(hub, [("attacker", "u1")])
     c = Probe(hub, [("attacker", "u2")])
@@ -95,7 +95,7 @@ def test_hub_routes_in_one_lookup_and_encodes_once():
 
 
 def test_hub_stamps_stream_sequence_and_skips_redeliveries():
-    hub = Hub("", queue_max=8)
+    hub = Hub("")
     hub.begin_epoch("abcdefgh", 1, 1)
     sub = Probe(hub, [("attacker", "u1")])
     body = b'{"payload": {"attacker_uuid": "u1"}}'
@@ -116,3 +116,19 @@ def test_limiter():
     lim.release("u")
     lim.release("v")
     assert lim.held() == 0
+
+
+def test_throttled_log_writes_one_line_per_interval_and_counts_the_rest(caplog):
+    """The hub's and the NATS client's repeated warnings share one throttle (issue #17)."""
+    import logging
+
+    from lurestream.logs import Throttled
+
+    now = [0.0]
+    throttled = Throttled(logging.getLogger("lurestream.test"), 10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, "lurestream.test"):
+        for _ in range(5):
+            throttled.warning("bus down: %s", "x")
+        now[0] = 10.0
+        throttled.warning("bus down: %s", "y")
+    assert [r.getMessage() for r in caplog.records] == ["bus down: x", "bus down: y (4 similar lines suppressed)"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import tornado.web
 
-from lurestream import tornado_internals
+from lurestream import replies, tornado_internals
 from lurestream.auth import INVALID_CREDENTIALS, NOT_AUTHENTICATED, Authenticator, AuthError, Identity
 from lurestream.config import Config
 from lurestream.metrics import Metrics
@@ -88,17 +88,14 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # -- CORS and the headers every response carries ----------------------------------------------
     def set_default_headers(self) -> None:
-        self.set_header("X-Content-Type-Options", "nosniff")
-        allowed = self.settings.get("cors_origins", ())
-        if allowed:  # the answer depends on Origin whenever CORS is on, so caches must key on it
-            self.set_header("Vary", "Origin")
-            origin = self.request.headers.get("Origin")
-            if origin and ("*" in allowed or origin in allowed):
-                self.set_header("Access-Control-Allow-Origin", origin)
+        cors = replies.cors_headers(self.settings.get("cors_origins", ()), self.request.headers.get("Origin"))
+        for name, value in {**replies.COMMON_HEADERS, **cors}.items():
+            self.set_header(name, value)
 
     def options(self, *args: Any) -> None:
-        """CORS preflight: answered without credentials (the real request still needs them)."""
-        self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        """CORS preflight: answered without credentials (the real request still needs them), allowing the
+        methods this path implements (a hard-coded list left out ``DELETE`` of the session)."""
+        self.set_header("Access-Control-Allow-Methods", ", ".join(allowed_methods(self)))
         self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID")
         self.set_header("Access-Control-Max-Age", "600")
         self.set_status(204)
@@ -223,8 +220,9 @@ def write_json_error(handler: tornado.web.RequestHandler, status_code: int, exc:
         for name, value in exc.headers.items():
             handler.set_header(name, value)
     handler.set_header("Content-Type", "application/json")
-    handler.set_header("X-Content-Type-Options", "nosniff")
-    handler.finish(json.dumps({"detail": detail}, separators=(",", ":")))
+    for name, value in replies.COMMON_HEADERS.items():
+        handler.set_header(name, value)
+    handler.finish(replies.error_body(detail))
 
 
 class NotFoundHandler(BaseHandler):
