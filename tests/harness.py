@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
+import time
 import urllib.parse
 from typing import Any
 
@@ -38,6 +40,27 @@ ATTACKER_A = {"_id": "aaaaaaaa-0000-4000-8000-00000000000a", "ip": "203.0.113.10
 ATTACKER_B = {"_id": "bbbbbbbb-0000-4000-8000-00000000000b", "ip": "203.0.113.20", "identity_id": "identity-2"}
 TOPOLOGY_1 = {"_id": "topo-1", "status": "active"}
 TOPOLOGY_2 = {"_id": "topo-2", "status": "deploying"}
+
+
+async def bus_up(hub: Any, timeout: float) -> bool:
+    """Wait until ``hub`` is connected to NATS (or ``timeout`` passes); whether it is."""
+    from lurestream.hub import BUS_CONNECTED
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while hub.state != BUS_CONNECTED and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    return bool(hub.state == BUS_CONNECTED)
+
+
+async def until(predicate: Any, timeout: float = 10.0, what: str = "condition", every: float = 0.01) -> None:
+    """Wait until ``predicate()`` is true, checking every ``every`` seconds; an AssertionError naming ``what``
+    once ``timeout`` has passed. The one way the tests wait: on what can be observed, never a guessed sleep."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(every)
 
 
 def envelope(subject: str, payload: Any = None, type_: str = "t", ts: float | None = None, **extra: Any) -> bytes:
@@ -100,6 +123,12 @@ class Harness:
     def token(self, user: str = VIEWER, **overrides: Any) -> str:
         return mint_token(self.config, user, **overrides)
 
+    def expiring_token(self, seconds: float = 1.5, user: str = VIEWER) -> tuple[str, int]:
+        """A token valid for ``seconds`` to ``seconds`` + 1 from now (``exp`` is whole seconds: ``ttl=2`` may
+        leave barely more than 1 s), and its ``exp``."""
+        exp = math.ceil(time.time() + seconds)
+        return mint_token(self.config, user, exp=exp), exp
+
     async def ticket(self, user: str = VIEWER) -> str:
         response = await self.fetch("POST", "/api/v1/auth/sse-ticket", bearer=self.token(user))
         assert response.code == 200, response.body
@@ -137,12 +166,12 @@ class Harness:
         for client in self.clients:
             client.close()
 
-    async def wait_for(self, predicate: Any, timeout: float = 5.0, what: str = "condition") -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not predicate():
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            await asyncio.sleep(0.01)
+    async def wait_for(self, predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+        await until(predicate, timeout, what)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the app's metrics, read through prometheus-client (0 when it has none yet)."""
+        return self.services.metrics.value(name, **labels)
 
     # -- the bus -------------------------------------------------------------------------------
     async def bus(self) -> Any:

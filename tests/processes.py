@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +14,47 @@ from collections.abc import Callable
 from typing import Any
 
 from lurestream.localservices import free_port, wait_port
+
+
+def _tcp_address(address: str, port: int) -> str:
+    """An IPv4 address and port as ``/proc/net/tcp`` writes them (``0100007F:1F90`` for 127.0.0.1:8080)."""
+    packed = bytes(int(part) for part in address.split("."))
+    return f"{int.from_bytes(packed, 'little'):08X}:{port:04X}"
+
+
+def unread_by_server(client: socket.socket) -> int | None:
+    """Bytes ``client`` sent that the server at its other end has not read yet (the receive queue of the
+    server's socket in ``/proc/net/tcp``), or None when that socket is not listed (closed, or not IPv4)."""
+    local, peer = client.getsockname(), client.getpeername()
+    server_end, client_end = _tcp_address(peer[0], peer[1]), _tcp_address(local[0], local[1])
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == server_end and fields[2] == client_end:
+                return int(fields[4].split(":")[1], 16)
+    return None
+
+
+async def read_by_server(client: socket.socket, timeout: float = 10.0) -> None:
+    """Wait until the server process has read everything ``client`` sent (its socket's receive queue is
+    empty): a request is in the server's hands, not in a kernel buffer."""
+    deadline = time.monotonic() + timeout
+    while unread_by_server(client) != 0:
+        assert time.monotonic() < deadline, f"the server did not read the request in {timeout} s"
+        await asyncio.sleep(0.01)
+
+
+async def refusing(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+    """Wait until nothing listens on ``port`` any more (a stopping server closes its listener first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            return
+        writer.close()
+        assert time.monotonic() < deadline, f"{host}:{port} still accepts connections after {timeout} s"
+        await asyncio.sleep(0.02)
 
 
 def lurestream_env(**settings: Any) -> dict[str, str]:

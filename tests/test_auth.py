@@ -283,17 +283,17 @@ async def test_revocation_takes_effect_within_the_auth_cache_lifetime(ls):
     assert first.status == 200
     first.close()
     ls.db.revoked_tokens.insert_one({"_id": jti})
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(0.6)  # on purpose: past the 0.5 s the look-up is cached (longer only helps)
     again = await ls.open(f"/api/v1/attackers/{ATTACKER_A['_id']}/events", token=token)
     assert again.status == 401, "refused once the cached look-up expired"
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_remembered_token_still_expires_on_time(ls):
-    token = ls.token(ttl=1.5)
+    token, exp = ls.expiring_token(1)  # `ttl=1.5` was whole seconds: valid for anything from 0 to 1 s
     first = await ls.open(f"/api/v1/attackers/{ATTACKER_A['_id']}/events", token=token)
     assert first.status == 200
     first.close()
-    await asyncio.sleep(1.6)
+    await asyncio.sleep(exp - time.time() + 0.1)  # on purpose: until the token has expired
     again = await ls.open(f"/api/v1/attackers/{ATTACKER_A['_id']}/events", token=token)
     assert again.status == 401, "verified once, but expired now: refused"

@@ -93,6 +93,15 @@ def _stream_requests(log: str) -> list[tuple[str, str]]:
     return re.findall(r"tornado\.access: (\d{3}) GET (" + re.escape(STREAM) + r"\S*)", log)
 
 
+def _logged(server: Any, requests: int, timeout: float = 10) -> None:
+    """Wait until ``server``'s access log holds ``requests`` stream requests: the line of a refusal is written
+    just after the reply went out, so the browser may act on the reply first."""
+    deadline = time.monotonic() + timeout
+    while len(_stream_requests(server.log())) < requests:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.02)
+
+
 def _wait_closed(browser: Any, what: str) -> None:
     wait(browser, lambda d: d.execute_script("return window.es.readyState") == 2, what, timeout=30, state=_state)
 
@@ -115,9 +124,12 @@ def test_native_eventsource_on_a_session_resumes_by_itself_across_a_restart_and_
     assert server.stop() == 0
     wait(browser, lambda d: d.execute_script("return window.es.readyState") == 0, "the EventSource to reconnect")
     mark = len(_seen(browser))
+    errors = len(browser.execute_script("return window.errors"))
     down = publish_stored(nats_service.url, _events(range(3, 13)))
     publish_stored(nats_service.url, _events(range(100, 103), attacker=B))  # not this stream's
-    time.sleep(1.5)  # a few of the browser's own reconnects fail while nothing listens
+    wait(  # a couple of the browser's own reconnects fail while nothing listens
+        browser, lambda d: len(d.execute_script("return window.errors")) >= errors + 2, "failed reconnects", 30, _state
+    )
     restarted = start_server(port=server.port, jetstream=js_stream, **SETTINGS)
 
     wait(browser, lambda d: len(_observations(_seen(d), mark)) >= 10, "the 10 missed events", 45, _state)
@@ -143,6 +155,7 @@ def test_native_eventsource_on_a_session_resumes_by_itself_across_a_restart_and_
     assert restarted.stop() == 0
     third = start_server(port=server.port, jetstream=js_stream, **SETTINGS)
     _wait_closed(browser, "the EventSource to give up on a 401 after the sign-out")
+    _logged(third, 1)
     assert _stream_requests(third.log()) == [("401", STREAM)], third.log()
     assert len(_observations(_seen(browser))) == 16
 
@@ -163,4 +176,5 @@ def test_native_eventsource_stops_when_its_sessions_token_is_revoked(start_serve
     assert json.loads(end["data"]) == {"reason": "revoked"}
     # a native EventSource does not know what `end` means: it reconnects, is refused, and stops for good
     _wait_closed(browser, "the EventSource to give up on a 401 after the revocation")
+    _logged(server, 2)
     assert _stream_requests(server.log()) == [("200", STREAM), ("401", STREAM)], server.log()

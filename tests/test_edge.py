@@ -60,28 +60,30 @@ async def assert_closed(reader: asyncio.StreamReader, within: float) -> None:
 
 
 def refused(ls, reason: str) -> float:
-    return ls.services.metrics.http_refused.labels(reason)._value.get()
+    return ls.metric("lurestream_http_refused_total", reason=reason)
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_oversized_headers_get_431(ls):
-    status, headers, body, took = await raw_exchange(ls.port, get("/healthz", "X-Big: " + "a" * 100_000 + "\r\n"))
+    status, headers, body, _t = await raw_exchange(ls.port, get("/healthz", "X-Big: " + "a" * 100_000 + "\r\n"))
     assert status == 431, "an oversized head was answered with a bare close before"
     assert json.loads(body) == {"detail": "Request header fields too large"}
     assert headers["content-type"] == "application/json" and headers["x-content-type-options"] == "nosniff"
-    assert took < 2
     assert refused(ls, "header_too_large") == 1
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_long_urls_get_414_at_once_and_never_stall_other_streams(ls):
-    """The 40 KB URL that froze the process for 32 s: a 414 in milliseconds, and a live stream of
-    another client keeps receiving meanwhile."""
+    """The 40 KB URL that froze the process for 32 s of CPU: a 414 for a few milliseconds of it, and a live
+    stream of another client keeps receiving meanwhile. The server runs in this process, so the CPU time the
+    process spends on the three requests bounds the server's work whatever else loads the machine."""
     watcher = await ls.attacker(A)
     for url in ("/healthz?" + "a" * 40_000, f"/api/v1/attackers/{'x' * 60_000}/events", "/healthz?" + "b" * 9_000):
-        status, _h, body, took = await raw_exchange(ls.port, get(url))
+        cpu = time.process_time()
+        status, _h, body, _t = await raw_exchange(ls.port, get(url))
+        cpu = time.process_time() - cpu
         assert status == 414 and json.loads(body) == {"detail": "URI too long"}, (url[:20], status)
-        assert took < 1.0, f"414 took {took:.2f}s"
+        assert cpu < 0.5, f"a 414 cost {cpu:.2f} s of CPU"
     await ls.publish("attacker.observation.ja3", {"attacker_uuid": A, "value": "v"})
     assert (await watcher.next_event(5)).event == "observation"
     assert refused(ls, "uri_too_long") == 3
@@ -100,12 +102,13 @@ async def test_a_long_url_is_414_even_when_a_header_is_also_malformed(ls):
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_huge_declared_body_gets_413_before_any_of_it_is_read(ls):
+    """The client sends 1,000 of the 90 MB it declares, then waits: a reply at all proves the server
+    answered on the head alone, before (and without) reading the body."""
     for method, path in (("POST", "/api/v1/auth/sse-ticket"), ("GET", "/healthz")):
         head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 90000000\r\n\r\n".encode()
-        status, _h, body, took = await raw_exchange(ls.port, head + b"x" * 1000)
+        status, _h, body, _t = await raw_exchange(ls.port, head + b"x" * 1000)
         assert status == 413, (path, status)
         assert json.loads(body)["detail"].startswith("Request body too large")
-        assert took < 1.0
     head = b"POST /api/v1/auth/sse-ticket HTTP/1.1\r\nHost: x\r\nContent-Length: 4097\r\n\r\n"
     assert (await raw_exchange(ls.port, head))[0] == 413, "the bound is 4 KiB"
     ok = b"POST /api/v1/auth/sse-ticket HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
@@ -128,44 +131,60 @@ async def test_chunked_or_malformed_bodies_and_heads_get_json_4xx(ls):
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.lurestream(header_timeout_seconds=0.5, idle_timeout_seconds=30)
 async def test_slow_or_silent_clients_are_closed_after_the_header_timeout(ls):
+    """Closed well before the 30 s idle timeout: it can only be the 0.5 s header timeout (the bound is wide
+    so that a loaded machine cannot fail it)."""
+    started = time.monotonic()
     reader, writer = await asyncio.open_connection("127.0.0.1", ls.port)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # a slowloris: never finishes
-    started = time.monotonic()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 408 "), head
-    await assert_closed(reader, 3)
-    assert time.monotonic() - started < 2.5
+    await assert_closed(reader, 10)
+    assert time.monotonic() - started < 10, "the header timeout, not the 30 s idle one"
     writer.close()
+    started = time.monotonic()
     silent_reader, silent = await asyncio.open_connection("127.0.0.1", ls.port)  # sends nothing at all
-    await assert_closed(silent_reader, 3)
+    await assert_closed(silent_reader, 10)
+    assert time.monotonic() - started < 10, "the header timeout, not the 30 s idle one"
     silent.close()
     assert refused(ls, "header_timeout") == 2
 
 
-@pytest.mark.gen_test(timeout=60)
-@pytest.mark.lurestream(header_timeout_seconds=0.5, idle_timeout_seconds=1.5)
-async def test_kept_alive_connections_idle_then_close_but_a_begun_head_must_finish(ls):
-    reader, writer = await asyncio.open_connection("127.0.0.1", ls.port)
-    for _ in range(2):  # idle longer than the header timeout between requests: still served
-        writer.write(get("/healthz"))
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        assert head.startswith(b"HTTP/1.1 200 "), head
-        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
-        await reader.readexactly(length)
-        await asyncio.sleep(0.9)
-    started = time.monotonic()
-    await assert_closed(reader, 4)  # then idle past the idle timeout: closed
-    assert 0.3 < time.monotonic() - started < 3
-    writer.close()
-
-    reader, writer = await asyncio.open_connection("127.0.0.1", ls.port)
+async def served(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One GET /healthz on a kept-alive connection, its response read whole."""
     writer.write(get("/healthz"))
-    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    writer.write(b"GET /healthz HTTP/1.1\r\nHo")  # a second request begins and stalls
-    started = time.monotonic()
-    await assert_closed(reader, 4)
-    assert time.monotonic() - started < 1.4, "a begun head gets the header timeout, not the idle timeout"
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    await asyncio.wait_for(reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])), 10)
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(header_timeout_seconds=0.5, idle_timeout_seconds=3)
+async def test_kept_alive_connections_may_idle_longer_than_the_header_timeout_then_close(ls):
+    """The two timeouts differ six-fold, so which one closed the connection shows whatever the load."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", ls.port)
+    await served(reader, writer)
+    await asyncio.sleep(1)  # idle twice the header timeout (well within the idle one) on purpose
+    sent = time.monotonic()  # the server's idle wait begins after this request's response
+    await served(reader, writer)
+    await assert_closed(reader, 15)  # then idle past the idle timeout: closed
+    idled = time.monotonic() - sent
+    assert 1 < idled < 15, f"closed {idled:.1f} s after the last request: the 3 s idle timeout, not the header one"
     writer.close()
+    assert refused(ls, "idle_timeout") == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(header_timeout_seconds=0.5, idle_timeout_seconds=60)
+async def test_a_begun_head_on_a_kept_alive_connection_must_finish_within_the_header_timeout(ls):
+    """Closed within seconds while the idle timeout is a minute: a begun head gets the header timeout."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", ls.port)
+    await served(reader, writer)
+    started = time.monotonic()
+    writer.write(b"GET /healthz HTTP/1.1\r\nHo")  # a second request begins and stalls
+    await assert_closed(reader, 10)
+    assert time.monotonic() - started < 10, "a begun head gets the header timeout, not the idle timeout"
+    writer.close()
+    assert refused(ls, "header_timeout") == 1
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -19,7 +19,7 @@ from typing import Any
 
 import nats
 import pytest
-from harness import ATTACKER_A, TOPOLOGY_1, Probe, envelope, failed_resumes, resumes, standalone
+from harness import ATTACKER_A, TOPOLOGY_1, Probe, bus_up, envelope, failed_resumes, resumes, standalone
 
 from lurestream.envelope import encode_envelope
 from lurestream.eventids import parse_id
@@ -136,7 +136,7 @@ async def test_a_forged_status_header_is_not_taken_for_the_servers_own(tmp_path,
         async with standalone(
             svc.url, mongo_service.url, db_name, mongo, {"jetstream": "LS_FORGED", "keepalive_seconds": 15}
         ) as ls:
-            assert await ls.hub.wait_connected(10)
+            assert await bus_up(ls.hub, 10)
             await _wait(lambda: ls.hub.position is not None, 10, "the consumer")
             client = await ls.attacker(A)
             forged = b"NATS/1.0 100 Idle Heartbeat\r\n\r\n"
@@ -213,7 +213,7 @@ async def test_a_deleted_stream_is_recreated_and_followed_within_10_seconds(ls):
 async def test_a_wiped_store_under_live_streams(private_nats, mongo_service, mongo, db_name):
     """The NATS server restarted with its store gone: the stream re-created, events flow, old ids refused."""
     async with standalone(private_nats.url, mongo_service.url, db_name, mongo, {"jetstream": "LS_WIPED"}) as ls:
-        assert await ls.hub.wait_connected(10)
+        assert await bus_up(ls.hub, 10)
         await _wait(lambda: ls.hub.position is not None, 10, "the consumer")
         client = await ls.attacker(A)
         for n in range(1, 6):
@@ -262,12 +262,12 @@ async def test_a_scan_stalled_by_a_paused_server_is_incomplete_not_finished(priv
         await nc.close()
 
 
-async def _wait_js(js: Any, name: str, last: int) -> None:
-    for _ in range(100):
-        if (await js.stream_info(name)).state.last_seq >= last:
-            return
+async def _wait_js(js: Any, name: str, last: int, timeout: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (await js.stream_info(name)).state.last_seq < last:
+        assert loop.time() < deadline, "the stream did not store the messages"
         await asyncio.sleep(0.05)
-    raise AssertionError("the stream did not store the messages")
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -275,7 +275,7 @@ async def test_a_resume_cut_short_by_a_stall_is_announced_never_resumed_short(
     private_nats, mongo_service, mongo, db_name
 ):
     async with standalone(private_nats.url, mongo_service.url, db_name, mongo, {"jetstream": "LS_STALL"}) as ls:
-        assert await ls.hub.wait_connected(10)
+        assert await bus_up(ls.hub, 10)
         await _wait(lambda: ls.hub.position is not None, 10, "the consumer")
         first = await ls.publish_stored("attacker.scored", {"attacker_uuid": A, "n": 0})
         ls.hub.memory.max_events = 1  # the resume below must read JetStream back
@@ -324,7 +324,7 @@ async def test_concurrent_resumes_cut_as_a_slow_consumer_are_announced(tmp_path,
             {"jetstream": "LS_SLOW", "stream_buffer_bytes": "8MiB", "sse_max_per_user": 50},
         ) as ls:
             ls.services.hub.reconnect_wait = 0.1
-            assert await ls.hub.wait_connected(10)
+            assert await bus_up(ls.hub, 10)
             await _wait(lambda: ls.hub.position is not None, 10, "the consumer")
             first = await ls.publish_stored("attacker.scored", {"attacker_uuid": A, "n": 0})
             ls.hub.memory.max_events = 1
@@ -390,7 +390,8 @@ async def test_readiness_names_each_failure_and_recovers_by_itself(private_nats,
             private_nats.extra_ports,
         ).start()
         try:
-            body = await _until_ready(ls, 503, 15, "JetStream unavailable", naming="events")
+            # (first "jetstream not checked yet", an honest 503 too, until the hub has asked)
+            body = await _until_ready(ls, 503, 15, "JetStream unavailable", naming="jetstream unavailable")
             assert "events" in body["detail"] and "jetstream unavailable" in body["events"], body
         finally:
             plain.stop()

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 from harness import ATTACKER_A, SECRET, VIEWER
-from processes import lurestream_env
+from processes import lurestream_env, read_by_server, refusing
 from sse_client import SSEClient
 
 from lurestream.config import config_from
@@ -66,18 +66,19 @@ async def test_sigterm_drains_streams_over_the_window_and_exits_zero(server):
         clients.append(client)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)  # kept alive across the signal
     assert (await _http_get(reader, writer, "/readyz"))[0] == 200
-    signalled = time.monotonic()
     server.signal(signal.SIGTERM)
-    await asyncio.sleep(0.2)
     status, body = await _http_get(reader, writer, "/readyz")
+    while status == 200:  # until the server has handled the signal (the kept-alive connection stays served)
+        await asyncio.sleep(0.02)
+        status, body = await _http_get(reader, writer, "/readyz")
     assert status == 503 and "draining" in json.dumps(body), body
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", server.port)  # the listener no longer accepts
     ends = await asyncio.gather(*(_end_of(c, 10) for c in clients))
     for hint, _ in ends:
         assert hint is not None and 1500 <= int(hint.retry) <= 4500, "each stream gets a jittered retry hint"
-    times = sorted(t - signalled for _, t in ends)
-    assert times[-1] < 2 + 3, f"all closed within the drain window (+ slack): {times}"
+    times = sorted(t for _, t in ends)
+    # 4 streams over a 2 s window close 0.5 s apart (1.5 s from first to last); a loaded machine only delays
     assert times[-1] - times[0] >= 0.7, f"closes are spread over the window, not all at once: {times}"
     writer.close()
     assert await asyncio.get_running_loop().run_in_executor(None, server.wait, 15) == 0
@@ -93,22 +94,18 @@ async def test_second_signal_closes_everything_at_once(server):
         await client.start_stream()
         clients.append(client)
     server.signal(signal.SIGTERM)
-    await asyncio.sleep(0.1)
+    await refusing(server.port)  # the first signal handled: the listener is closed
     server.signal(signal.SIGTERM)  # the same request twice (a process group's copy): still draining
-    await asyncio.sleep(0.8)
+    ending = [asyncio.ensure_future(_end_of(c, 60)) for c in clients]
+    done, _ = await asyncio.wait(ending, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1, "the drain closes one stream at once (the next after 40 s)"
+    await asyncio.sleep(0.8)  # on purpose: time for a drain cut short to show
     assert server.proc.poll() is None, "a duplicate signal within 0.5 s does not cut the drain short"
-    still_open = 0
-    for client in clients:  # the drain closes one stream at once and the next after 40 s
-        try:
-            await client.expect_silence(0.05)
-            still_open += 1
-        except AssertionError:
-            pass
-    assert still_open == 2, still_open
+    assert sum(e.done() for e in ending) == 1, "the other two streams are still open"
     server.signal(signal.SIGINT)
     cut = time.monotonic()
-    ends = await asyncio.gather(*(_end_of(c, 10) for c in clients))
-    assert max(t for _, t in ends) - cut < 3, "a second signal does not wait for the 120 s window"
+    ends = await asyncio.gather(*ending)
+    assert max(t for _, t in ends) - cut < 15, "a second signal does not wait for the 40 s step of the window"
     assert await asyncio.get_running_loop().run_in_executor(None, server.wait, 15) == 0
 
 
@@ -147,9 +144,8 @@ async def test_credentials_never_in_logs(start_server, log_format):
         )
         assert c.status == 404
         c.close()
-        await asyncio.sleep(0.3)
     finally:
-        proc.stop()
+        proc.stop()  # waits for the exit: every request's access line is written by then
     log = proc.log()
     assert "/api/v1/attackers" in log, "the access log should show the requests"
     assert "token=***" in log and "ticket=***" in log
@@ -290,13 +286,15 @@ async def test_a_request_in_its_handler_when_the_drain_begins_is_answered_not_dr
         pytest.skip("needs the MongoDB-wire server this session started (to pause it)")
     token = mint_token(config_from({"jwt_secret": SECRET}), VIEWER)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    assert (await _http_get(reader, writer, "/healthz"))[0] == 200  # accepted, and served: no store needed
     mongo_service.proc.send_signal(signal.SIGSTOP)
     try:
         writer.write(f"GET {STREAM}?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         await writer.drain()
-        await asyncio.sleep(0.3)  # waiting for the user look-up
+        await read_by_server(writer.get_extra_info("socket"))
+        await asyncio.sleep(0.3)  # read: from there on only CPU work until the user look-up waits for MongoDB
         server.signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
+        await refusing(server.port)  # the drain has begun (its listener closes first)
     finally:
         mongo_service.proc.send_signal(signal.SIGCONT)
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)

@@ -106,7 +106,7 @@ def _token() -> str:
 def _restart_with_events_meanwhile(start_server, server, nats_url: str, js_stream: str, events):
     """Stop the server, publish while it is down (through JetStream: their ids), start it again."""
     assert server.stop() == 0
-    time.sleep(1)  # the client's reconnects fail meanwhile
+    time.sleep(1)  # on purpose: down a while, the client's reconnects fail meanwhile
     ids = publish_stored(nats_url, events)
     publish_stored(nats_url, _observations(range(900, 902), attacker=ATTACKER_B["_id"]))  # another stream's
     return ids, start_server(port=server.port, jetstream=js_stream, **FAST)
@@ -162,6 +162,10 @@ def test_readme_session_and_native_eventsource(start_server, browser, nats_servi
     mongo.sse_sessions.delete_many({})
     _, server = _restart_with_events_meanwhile(start_server, server, nats_service.url, js_stream, [])
     wait(browser, lambda d: _names(d)[-1:] == ["closed"], "closed after a refused reconnect", 30, _state)
+    deadline = time.monotonic() + 10  # the refusal's access line is written just after the reply went out
+    while not _stream_requests(server.log()):
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.02)
     assert _stream_requests(server.log()) == [("401", f"/api/v1/attackers/{A}/events")]
 
 
@@ -198,7 +202,7 @@ def test_readme_fetch_reader_gets_open_ended_topology_names(start_server, browse
     wait(browser, lambda d: _names(d)[-1:] == ["stopped"], "stopped after the end", state=_state)
     assert _got(browser)[-1]["data"] == "signed out: revoked"
     requests = _stream_requests(server.log())
-    time.sleep(1.5)
+    time.sleep(1.5)  # on purpose: several retry hints long, time for a reconnect to show
     assert _stream_requests(server.log()) == requests, "no reconnect after an end"
 
 
@@ -248,5 +252,5 @@ def test_readme_follow_with_tickets_keeps_trying_while_the_server_is_down(
         state=_state,
     )
     tickets = server.log().count("POST /api/v1/auth/sse-ticket")
-    time.sleep(2.5)
+    time.sleep(2.5)  # on purpose: longer than follow()'s retry, time for a new ticket request to show
     assert server.log().count("POST /api/v1/auth/sse-ticket") == tickets, "no new ticket after an end"

@@ -131,7 +131,7 @@ def test_the_readme_python_client_resumes_across_a_restart_and_stops_on_end(
     run = Run(f"http://127.0.0.1:{server.port}", token, PATH)
     name, snapshot = run.next()
     assert name == "snapshot" and snapshot["attacker_uuid"] == A and snapshot["observations"] == []
-    time.sleep(1.5)  # three keepalives or so, each an id-only frame the client must skip
+    time.sleep(1.5)  # on purpose: three keepalives or so, each an id-only frame the client must skip
     first = io_loop.run_sync(lambda: publish(1))
     name, event = run.next()
     assert name == "observation" and event["payload"] == {"attacker_uuid": A, "n": 1}
@@ -164,7 +164,8 @@ async def test_the_readme_python_client_waits_as_the_server_asks(private_mongo, 
         run = Run(f"http://127.0.0.1:{ls.port}", token, PATH)
         await ls.wait_for(lambda: len(run.requests) >= 2, 10, "a second connect")
         gap = run.requests[1][0] - run.requests[0][0]
-        assert 0.375 <= gap < 2.5, f"the hint is 500 ms ± 25 %, the client's default 3 s: waited {gap:.2f}s"
+        # the first answer comes after the 0.3 s MongoDB timeout: the client's own 3 s would make it 3.3 s
+        assert 0.375 <= gap < 3.2, f"the hint is 500 ms ± 25 %, the client's default 3 s: waited {gap:.2f}s"
         assert run.seen == [] and run.thread.is_alive(), run.seen
 
         private_mongo.start()

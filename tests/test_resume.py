@@ -269,7 +269,7 @@ async def test_a_new_process_reads_recent_history_into_memory_without_sending_it
     from lurestream.hub import Hub
 
     seqs = [await ls.publish_stored(SUBJECT, _payload(A, n)) for n in range(5)]
-    late = Hub(ls.nats_url, 16, jetstream=ls.config.jetstream, replay_max=100)
+    late = Hub(ls.nats_url, jetstream=ls.config.jetstream, replay_max=100)
     opened = Probe(late, [("attacker", A)])  # registered before the hub even connects
     await late.start()
     try:

@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from harness import ATTACKER_A, VIEWER, standalone
+from harness import ATTACKER_A, VIEWER, bus_up, standalone
 
 from lurestream.localservices import free_port
 from lurestream.store import StoreUnavailable
@@ -47,11 +47,10 @@ async def test_tickets_are_taken_once(store, mongo):
 
 @pytest.mark.gen_test
 async def test_attacker_and_topology_lookups(store):
-    attacker = await store.get_attacker(A)
-    assert attacker == {"_id": A, "ip": ATTACKER_A["ip"], "identity_id": ATTACKER_A["identity_id"]}
-    assert await store.get_attacker("missing") is None
-    assert (await store.get_topology("topo-1"))["status"] == "active"
-    assert await store.get_topology("missing") is None
+    attackers = await store.get_attackers([A, "missing"])
+    assert attackers == {A: {"_id": A, "ip": ATTACKER_A["ip"], "identity_id": ATTACKER_A["identity_id"]}}
+    topologies = await store.get_topologies(["topo-1", "missing"])
+    assert list(topologies) == ["topo-1"] and topologies["topo-1"]["status"] == "active"
 
 
 @pytest.mark.gen_test
@@ -74,11 +73,11 @@ async def test_latest_observations(store, mongo, monkeypatch, scan_limit):
     ]
     rows.append({"attacker_uuid": "other", "primitive": "a", "value": "x", "confidence": 1, "ts": 99.0, "source": "s"})
     mongo.observations.insert_many(rows)
-    got = await store.latest_observations(A)
+    got = (await store.latest_observations_many([A]))[A]
     assert [o["primitive"] for o in got] == ["a", "b", "c"]
     assert all(o["ts"] == 3.0 and o["value"] == f"{o['primitive']}-3" for o in got)
     assert set(got[0]) == {"primitive", "value", "confidence", "ts", "source"}
-    assert await store.latest_observations("nobody") == []
+    assert await store.latest_observations_many(["nobody"]) == {"nobody": []}
 
 
 @pytest.mark.gen_test
@@ -107,12 +106,12 @@ async def test_batched_reads_answer_each_key_as_its_own_read_would(store, mongo,
     assert set(found) == {A, "third"} and found[A]["ip"] == ATTACKER_A["ip"]
     many = await store.latest_observations_many(uuids)
     for uuid in uuids:
-        assert many[uuid] == await store.latest_observations(uuid)
+        assert many[uuid] == (await store.latest_observations_many([uuid]))[uuid]
     assert [(o["primitive"], o["ts"]) for o in many["third"]] == [("a", 5.0), ("z", 5.0)]
     assert many["missing"] == []
     assert set(await store.get_topologies(["topo-1", "topo-2", "nope"])) == {"topo-1", "topo-2"}
     mutations = await store.in_flight_mutations_many(["topo-1", "nope"])
-    assert mutations == {"topo-1": await store.in_flight_mutations("topo-1"), "nope": []}
+    assert mutations == {"topo-1": (await store.in_flight_mutations_many(["topo-1"]))["topo-1"], "nope": []}
 
 
 @pytest.mark.gen_test
@@ -152,7 +151,7 @@ async def test_in_flight_mutations_json_ready(store, mongo):
             },
         ]
     )
-    items = await store.in_flight_mutations("topo-1")
+    items = (await store.in_flight_mutations_many(["topo-1"]))["topo-1"]
     assert [i["id"] for i in items] == ["m2", "m1"]
     assert "_id" not in items[0]
     from lurestream.sse import dumps
@@ -182,12 +181,22 @@ async def test_init_indexes_is_idempotent(store, mongo):
 
 
 @pytest.mark.gen_test
+async def test_the_tail_starts_at_the_greatest_log_id_not_the_greatest_text(store, mongo):
+    """The MongoDB-wire test server sorted an unfiltered ``_id`` as text: with ids 1..3000 the tail
+    started at 999, and a restart sent rows 1000 and up again as live (found by the dashboard work)."""
+    assert await store.last_log_id() == 0
+    mongo.logs.insert_many([{"_id": n, "raw_line": "x"} for n in range(1, 3001)])
+    assert await store.last_log_id() == 3000
+    assert [r["_id"] for r in await store.logs_after(990, 20)] == list(range(991, 1011))
+
+
+@pytest.mark.gen_test
 @pytest.mark.parametrize("driver", ["pymongo", "motor"])
 async def test_unreachable_store_fails_fast(driver):
     store = MongoStore(f"mongodb://127.0.0.1:{free_port()}", "x", driver=driver, timeout_ms=300)
     start = time.monotonic()
     with pytest.raises(StoreUnavailable):
-        await store.get_attacker(A)
+        await store.get_attackers([A])
     assert time.monotonic() - start < 3
     await store.close()
 
@@ -200,14 +209,14 @@ async def test_readiness_probes_during_a_mongodb_outage_log_no_traceback(private
 
     svc = private_mongo
     async with standalone(nats_service.url, svc.url, "d", settings={"mongo_timeout_ms": 2000}) as ls:
-        assert await ls.hub.wait_connected(10)
+        assert await bus_up(ls.hub, 10)
         svc.stop()
         codes = [(await ls.fetch("GET", "/readyz")).code]
         while codes[-1] != 503 or len(codes) < 3:  # down within ~1 s (protocol §1), and probed on
             assert len(codes) < 50, codes
             await asyncio.sleep(0.1)
             codes.append((await ls.fetch("GET", "/readyz")).code)
-        await asyncio.sleep(3)  # every abandoned ping fails by now (server selection timeout)
+        await asyncio.sleep(3)  # on purpose: every abandoned ping fails by now (the 2 s selection timeout)
         gc.collect()
         await asyncio.sleep(0.1)
     logged = "\n".join(f"{r.levelname} {r.getMessage()}" for r in caplog.records)
@@ -219,7 +228,7 @@ async def test_mongo_down_new_streams_503_open_streams_keep_forwarding(private_m
     """A MongoDB-wire server of the test's own, stopped mid-test: open streams go on, new ones get a quick 503."""
     svc = private_mongo
     async with standalone(nats_service.url, svc.url, "d", settings={"mongo_timeout_ms": 400}) as ls:
-        assert await ls.hub.wait_connected(10)
+        assert await bus_up(ls.hub, 10)
         client = await ls.attacker(A)
         svc.stop()
         start = time.monotonic()

@@ -28,6 +28,7 @@ from clusterkit import (
     reconnect_times,
     truth_problems,
 )
+from processes import read_by_server, refusing
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +48,17 @@ async def _finish(cluster: Cluster, pub: Publisher, *groups: Followers) -> None:
     for group in groups:
         problems = exactness(group, truth)
         assert not problems, "\n".join(problems[:20])
+
+
+async def _flowing(group: Followers, events: int = 3) -> None:
+    """Until every client has live events in hand (mid-stream, before a fault): counted, not slept for."""
+    await group.wait(lambda: all(len(f.events) >= events for f in group), 30, f"{events} events on every client")
+
+
+async def _published_on(pub: Publisher, group: Followers, seconds: float = 2) -> None:
+    """Until ``seconds`` worth of events more were stored (publishing goes on after a fault)."""
+    target = len(pub.acked) + int(seconds * pub.rate)
+    await group.wait(lambda: len(pub.acked) >= target, 30, f"{seconds} s of events more")
 
 
 def _counters(hosts, *prefixes: str) -> dict[str, float]:
@@ -72,7 +84,7 @@ async def test_killing_the_nats_node_of_a_host_loses_nothing_and_reconnects_no_s
     group = followers(45)
     pub = await publisher(rate=40)
     await group.wait_live()
-    await asyncio.sleep(2)
+    await _flowing(group)
     host = cluster.hosts[0]
     node = await asyncio.to_thread(cluster.nats_node_of, host)
     # the worst node to lose: it also leads the event stream and the cap bucket (and the meta group, by chance)
@@ -125,7 +137,7 @@ async def test_pausing_the_nats_node_of_a_host_is_left_within_10_seconds(cluster
     group = followers(30)
     pub = await publisher(rate=40)
     await group.wait_live()
-    await asyncio.sleep(2)
+    await _flowing(group)
     host = cluster.hosts[0]
     node = await asyncio.to_thread(cluster.nats_node_of, host)
     on_host = group.on(_endpoint(host))
@@ -179,7 +191,7 @@ async def test_a_killed_host_s_clients_resume_exactly_on_the_others(cluster, fol
     group = followers(45)
     pub = await publisher(rate=40)
     await group.wait_live()
-    await asyncio.sleep(2)
+    await _flowing(group)
     victim = cluster.hosts[0]
     gone = _endpoint(victim)
     moving = group.on(gone)
@@ -192,7 +204,7 @@ async def test_a_killed_host_s_clients_resume_exactly_on_the_others(cluster, fol
         lambda: all(f.live and f.host != gone for f in moving), 30, "the killed host's clients to resume elsewhere"
     )
     back = max(f.sessions[-1].started for f in moving) - killed
-    await asyncio.sleep(2)
+    await _published_on(pub, group)
     await _finish(cluster, pub, group)
 
     for f in moving:
@@ -215,18 +227,19 @@ async def test_users_at_their_cap_on_a_killed_host_are_back_within_the_lease(clu
     group = followers(25, start_on=0)  # 5 users × 5 streams, all on host 0: each user at the cap there
     pub = await publisher(rate=40)
     await group.wait_live()
-    await asyncio.sleep(2)
+    await _flowing(group)
     victim = cluster.hosts[0]
     assert all(f.host == _endpoint(victim) for f in group)
     victim.kill()
     killed = time.time()
     await group.wait(lambda: all(f.live and f.host != _endpoint(victim) for f in group), 30, "every user back")
     back = max(f.sessions[-1].started for f in group) - killed
-    await asyncio.sleep(1)
+    await _published_on(pub, group, 1)
     await _finish(cluster, pub, group)
     refusals = _refusals(group)
     assert "http_429" not in refusals, f"a reconnect got a final 429 (a native EventSource would stop): {refusals}"
-    assert back < 10 + 2, f"users back {back:.1f}s after the kill (lease 10 s)"
+    # within the lease and a few heartbeats (room for a loaded machine), not the 24 s of the issue
+    assert back < 1.5 * 10, f"users back {back:.1f}s after the kill (lease 10 s)"
     for f in group:
         assert [s.opening for s in f.sessions[1:]] == ["resumed"], f.sessions
     print(f"\nSIGKILL {victim.name} with 5 users at their cap: all back after {back:.1f}s; refusals {refusals}")
@@ -238,7 +251,7 @@ async def test_a_rolling_restart_moves_every_client_without_a_gap(cluster, follo
     group = followers(60)
     pub = await publisher(rate=40)
     await group.wait_live()
-    await asyncio.sleep(1)
+    await _flowing(group)
     windows = []
     for host in cluster.hosts:
         began = time.time()
@@ -248,13 +261,14 @@ async def test_a_rolling_restart_moves_every_client_without_a_gap(cluster, follo
         assert await asyncio.to_thread(host.wait, 30) == 0
         windows.append((host.name, _endpoint(host), began, time.time()))
         await host.start_async()  # again, on the same address and port
-    await asyncio.sleep(2)
+    await _published_on(pub, group)
     await _finish(cluster, pub, group)
 
     lines = []
     for name, endpoint, began, ended in windows:
         drained = [s for f in group for s in f.sessions if s.host == endpoint and s.started < began <= s.ended]
-        late = [s for s in drained if s.ended > ended + 0.5 or s.end != "eof" or s.retry_hint is None]
+        # a stream cannot outlive its process (`ended` is after its exit): the 2 s are the clients' own lag
+        late = [s for s in drained if s.ended > ended + 2 or s.end != "eof" or s.retry_hint is None]
         assert not late, f"{name}: streams not closed by the drain with a retry: hint: {late}"
         drops = sorted(s.ended for s in drained)
         spread = drops[-1] - drops[0] if drops else 0.0
@@ -286,14 +300,14 @@ async def test_a_paused_host_loses_nothing(cluster, followers, publisher):
     group = followers(45)
     pub = await publisher(rate=40)
     await group.wait_live()
-    await asyncio.sleep(2)
+    await _flowing(group)
     victim = cluster.hosts[0]
     paused = _endpoint(victim)
     moving = group.on(paused)
     assert len(moving) >= 10
 
     victim.signal(signal.SIGSTOP)
-    await asyncio.sleep(max(5.0, send_timeout + 3))  # longer than the send timeout and 3 keepalive periods
+    await asyncio.sleep(max(5.0, send_timeout + 3))  # on purpose: longer than the send timeout and 3 keepalives
     victim.signal(signal.SIGCONT)
     await group.wait(
         lambda: all(f.live and f.host != paused for f in moving), 30, "the paused host's clients to resume elsewhere"
@@ -302,7 +316,7 @@ async def test_a_paused_host_loses_nothing(cluster, followers, publisher):
     late = followers(5, first_user=10, start_on=0, prefix="late")  # new streams on the host that was paused
     await late.wait_live()
     assert {f.sessions[0].host for f in late} == {paused}
-    await asyncio.sleep(2)
+    await _published_on(pub, group)
     await _finish(cluster, pub, group, late)
 
     for f in moving:
@@ -336,10 +350,11 @@ async def test_a_stream_opening_as_the_drain_begins_is_closed_within_the_drain(c
         reader, writer = await asyncio.open_connection(host.address, host.port)
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host.address}\r\nAccept: text/event-stream\r\n\r\n".encode())
         await writer.drain()
-        await asyncio.sleep(0.3)  # the request waits in its handler for MongoDB
+        await read_by_server(writer.get_extra_info("socket"))
+        await asyncio.sleep(0.3)  # read: from there on only CPU work until it waits in its handler for MongoDB
         began = time.monotonic()
         host.signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
+        await refusing(host.port, host.address)  # the drain has begun (its listener closes first)
     finally:
         mongo.send_signal(signal.SIGCONT)  # the look-up answers: the stream opens 0.3 s into the drain
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -358,8 +373,9 @@ async def test_a_stream_opening_as_the_drain_begins_is_closed_within_the_drain(c
         f"ended after {ended:.1f} s, the process exited after {exited:.1f} s"
     )
     assert status in (200, 503), head
+    # the bug kept it until the drain's safety deadline (drain + 5 s); the bounds leave a loaded machine room
     if status == 200:
         assert b"retry:" in body, body[-300:]
-        assert ended <= drain + 1.0, f"the stream was closed {ended:.1f}s after SIGTERM, drain is {drain:g}s"
+        assert ended <= drain + 3.0, f"the stream was closed {ended:.1f}s after SIGTERM, drain is {drain:g}s"
     assert code == 0
-    assert exited <= drain + 2.0, f"the process exited {exited:.1f}s after SIGTERM, drain is {drain:g}s"
+    assert exited <= drain + 4.0, f"the process exited {exited:.1f}s after SIGTERM, drain is {drain:g}s"
