@@ -364,6 +364,20 @@ def _parse(text: str, start: datetime | None = None, end: datetime | None = None
 # --------------------------------------------------------------------------------------------- properties
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(alphabet="abAB", max_size=200),
+    word=st.text(alphabet="abAB", min_size=1, max_size=40),
+    at=st.integers(min_value=0, max_value=200),
+)
+def test_a_long_word_is_found_exactly_where_a_substring_is(text: str, word: str, at: int) -> None:
+    # Words over SHORT_WORD characters are found by another algorithm than ``in``: the same answer on
+    # periodic text (where the two differ most), with the word planted or not.
+    for row_text in (text, text[:at] + word + text[at:]):
+        compiled = parse_search(shlex.quote(word))
+        assert compiled.matches({"raw_line": row_text}) is (word.casefold() in row_text.casefold())
+
+
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), row=st.one_of(rows, full_rows))
 def test_matches_agrees_with_the_reference(data: st.DataObject, row: dict[str, Any]) -> None:
@@ -889,6 +903,27 @@ def test_a_search_at_the_bounds_on_a_64k_row_is_linear() -> None:
     for row in (at_the_end, in_the_last_field):
         spent, matched = _best_cpu(compiled, row)
         assert matched and spent < TIME_BOUND, spent
+
+
+def test_a_row_just_under_30k_costs_no_more_than_a_longer_one() -> None:
+    # CPython's ``in`` switches to a linear algorithm only for texts of 30,000 characters or more (or words
+    # of 100 or more): below, a word ``aaa…b…a`` against ``aaaa…`` compares the word's length at every
+    # position. Ten such words of 99 characters, each found only at the end, so each scans the whole row:
+    # with a linear test the 29,999-character row costs about half the 64 KiB one; with ``in``, 4× more.
+    words = ["a" * (97 - k) + "b" + "a" * (k + 1) for k in range(10)]
+    search = " ".join(words)
+    assert len(search) <= MAX_SEARCH_LENGTH and len(set(words)) == len(words)
+    tail = " " + " ".join(words)
+    compiled = parse_search(search)
+
+    def cost(size: int) -> float:
+        row = {"raw_line": "a" * (size - len(tail)) + tail}
+        spent, matched = _best_cpu(compiled, row, runs=7)
+        assert matched
+        return spent
+
+    short, long = cost(29_999), cost(ROW_SIZE)
+    assert short < 1.5 * long, (short, long)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
