@@ -10,10 +10,12 @@ import asyncio
 import json
 import random
 import re
+import signal
 import ssl
 import sys
 import time
 import urllib.parse
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -485,7 +487,38 @@ async def tail(
     """Follow ``target`` on the server at ``base_url``, printing each frame, until ``max_events`` live events
     (0: no bound), a refusal, or the end of the credential; returns the exit status."""
     follower = Follower(base_url, target, token, out, err, max_events, connect_timeout, idle_timeout)
-    return await follower.run()
+    return await until_interrupted(follower.run())
+
+
+async def until_interrupted(work: Coroutine[Any, Any, int]) -> int:
+    """``work``'s exit status, or 0 as soon as Ctrl-C stops it.
+
+    Why not asyncio's own handling: ``asyncio.run`` answers Ctrl-C by cancelling the main task once, and up
+    to Python 3.11 ``asyncio.wait_for`` loses a cancellation that arrives as the read it waits on completes
+    (CPython gh-86296, fixed in 3.12) — under load, ``tail`` then read on after Ctrl-C as if nothing had
+    happened. Here Ctrl-C sets a flag and the work is cancelled again until it has stopped.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    interrupted = asyncio.Event()
+    try:
+        loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    except (NotImplementedError, RuntimeError, ValueError):  # no signal handlers here (not the main thread)
+        return await task
+    waiter = asyncio.ensure_future(interrupted.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not interrupted.is_set():
+            return task.result()
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+        if not task.cancelled():
+            task.exception()  # retrieved: whatever it ended with, the user asked to stop
+        return 0
+    finally:
+        waiter.cancel()
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 # -- publish -----------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from harness import ATTACKER_A, SECRET, VIEWER
+from harness import ATTACKER_A, SECRET, VIEWER, until
 from sse_client import SSEClient
 
 from lurestream.caps import ClusterCap
@@ -107,7 +107,9 @@ async def test_the_cap_holds_across_processes_and_a_killed_process_frees_its_slo
     bucket = f"caps_{js_stream}"
     settings = dict(jetstream=js_stream, cap_bucket=bucket, cap_lease_seconds=lease, sse_max_per_user=5)
     one, two = start_server(**settings), start_server(**settings)
-    assert _ready(one.port)["cap"] == "cluster" and _ready(two.port)["cap"] == "cluster"
+    # a process starts on its local cap and says "cluster" once it has joined the bucket (protocol §13)
+    both = (one.port, two.port)
+    await until(lambda: all(_ready(port)["cap"] == "cluster" for port in both), 30, "the cluster cap")
     token = mint_token(config_from({"jwt_secret": SECRET}), VIEWER)
     held = [await _open(one.port, token) for _ in range(3)] + [await _open(two.port, token) for _ in range(2)]
     assert [c.status for c in held] == [200] * 5
