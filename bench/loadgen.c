@@ -29,9 +29,18 @@
  * event has arrived for QUIET seconds after it, one line "DRAINED after=N" goes to stderr);
  * SIGTERM/SIGINT end the run early (the JSON is still printed).
  * Once every connection is resolved (200, refused or failed) one line "READY up=N" goes to stderr.
+ *
+ * LOADGEN_LOGS=MIN_ID: the live log feed (protocol §15, and the DECNET-style baseline): frames are
+ * `event: message` with data {"type":"logs","data":[rows]}; each row is an object whose first member is
+ * "id" and which holds "ins": <epoch seconds the bench inserted it> (in "fields", as an object or as JSON
+ * text). Every row with id >= MIN_ID is one delivery: latency = arrival - ins. Rows are read as they
+ * arrive, however long their frame (no frame is kept whole). Per connection the JSON gets, under "logs",
+ * [rows, sum of ids, sum of mix64(id), rows whose id was not above the previous one] (sums mod 2^64), so
+ * the runner can check each stream's rows against the exact set it expects.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -58,7 +67,8 @@
 #define MAX_SOURCES 64
 #define MAX_ERRNO 200
 #define MAX_WAITS 30 /* "retry later" answers in a row a connection follows before it gives up */
-#define QUIET 2.0 /* seconds without an event, after publishing ended, that mean nothing is in flight */
+static double QUIET = 2.0; /* seconds without an event, after publishing ended, that mean nothing is in flight
+                            * (LOADGEN_QUIET=S: the live log feed's rows come a poll apart, not continuously) */
 
 enum { CONNECTING, SENT, STREAMING, CLOSED };
 enum { NEVER_UP = 1, CLOSED_EARLY = 2 }; /* why a connection is not streaming at the end */
@@ -72,8 +82,12 @@ typedef struct {
     int attempts; /* retries made */
     int waits; /* "retry later" answers in a row */
     int wait_len; /* while its body arrives: the head's length plus Content-Length; else 0 */
-    char carry[CARRY]; /* the response head while it arrives, then an unfinished frame */
+    char carry[CARRY]; /* the response head while it arrives, then an unfinished frame (log mode: row) */
     int carried;
+    /* log mode: rows counted (id >= logs_min_id), their ids' sums, ids not above the previous one */
+    long rows, disorder;
+    long long last_id;
+    uint64_t id_sum, id_mix;
 } conn_t;
 
 static volatile sig_atomic_t stop_flag = 0, reset_flag = 0, mark_flag = 0;
@@ -107,6 +121,8 @@ static long connect_errors[MAX_ERRNO + 1];
 static long events_at_mark = -1;
 static double mark_at = 0, last_event_at = 0;
 static int drained = 0;
+static int logs_mode = 0; /* LOADGEN_LOGS set: rows of the live log feed are the deliveries */
+static long long logs_min_id = 0;
 
 /* the connections, and what opening one needs */
 static conn_t *conns;
@@ -201,33 +217,133 @@ static void open_conn(long idx) {
     inflight++;
 }
 
+static char scan_buf[CARRY + 65536 + 1];
+
+/* One frame (NUL-terminated, without its blank line), line by line: retry:, event: and the data's "ts". */
+static void frame_done(char *p, double wall) {
+    int is_error = 0, skip = 0;
+    char *data = NULL;
+    while (*p) {
+        char *nl = strchr(p, '\n');
+        if (nl) *nl = 0;
+        if (!strncmp(p, "retry:", 6)) retry_frames++;
+        else if (!strncmp(p, "event: ", 7)) {
+            const char *name = p + 7;
+            if (!strcmp(name, "error")) is_error = 1;
+            else if (!strcmp(name, "snapshot") || !strcmp(name, "resumed")) skip = 1;
+        } else if (!data && !strncmp(p, "data:", 5)) data = p + 5;
+        if (!nl) break;
+        p = nl + 1;
+    }
+    if (is_error) error_frames++;
+    if (data && !skip) {
+        char *ts = strstr(data, "\"ts\":");
+        if (ts) {
+            double t = strtod(ts + 5, NULL);
+            if (t > 0) { res_add(&event_lat, wall - t); events++; last_event_at = now_mono(); }
+        }
+    }
+}
+
 static void scan_frames(conn_t *c, const char *data, int len) {
     /* frames end with "\n\n"; keep the unfinished tail in carry */
     int total = c->carried + len;
-    char *buf = malloc(total + 1);
+    char *buf = scan_buf;
+    if (total > (int)sizeof scan_buf - 1) buf = malloc(total + 1);
     memcpy(buf, c->carry, c->carried);
     memcpy(buf + c->carried, data, len);
     buf[total] = 0;
     char *p = buf, *end;
     double wall = now_wall();
-    while ((end = strstr(p, "\n\n")) != NULL) {
+    while ((end = memmem(p, buf + total - p, "\n\n", 2)) != NULL) {
         *end = 0;
-        if (strstr(p, "retry:")) retry_frames++;
-        if (strstr(p, "event: error")) error_frames++;
-        if (strstr(p, "data:") && !strstr(p, "event: snapshot") && !strstr(p, "event: resumed")) {
-            char *ts = strstr(p, "\"ts\":");
-            if (ts) {
-                double t = strtod(ts + 5, NULL);
-                if (t > 0) { res_add(&event_lat, wall - t); events++; last_event_at = now_mono(); }
-            }
-        }
+        frame_done(p, wall);
         p = end + 2;
     }
     int rest = (int)(buf + total - p);
     if (rest > CARRY) { p = buf + total - CARRY; rest = CARRY; } /* an oversize frame: keep its tail */
     memmove(c->carry, p, rest);
     c->carried = rest;
-    free(buf);
+    if (buf != scan_buf) free(buf);
+}
+
+static uint64_t mix64(uint64_t x) { /* splitmix64's finaliser: the runner computes the same */
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* The number after `key` and a colon (spaces allowed, a backslash-escaped quote too), within [p, end). */
+static const char *after_key(const char *p, const char *end, const char *key, size_t klen) {
+    for (const char *k; (k = memmem(p, end - p, key, klen)) != NULL; p = k) {
+        k += klen;
+        while (k < end && (*k == '\\' || *k == '"')) k++;
+        while (k < end && *k == ' ') k++;
+        if (k >= end) return NULL;
+        if (*k != ':') continue; /* another key that begins the same way */
+        k++;
+        while (k < end && *k == ' ') k++;
+        return k;
+    }
+    return NULL;
+}
+
+/* Log mode: rows as they arrive. A row starts at `{"id":`; it is counted once its "ins" number is
+ * complete (a character that ends a number follows it). What may hold an unfinished row is carried. */
+static void scan_rows(conn_t *c, const char *data, int len) {
+    int total = c->carried + len;
+    char *buf = scan_buf;
+    if (total > (int)sizeof scan_buf - 1) buf = malloc(total + 1);
+    memcpy(buf, c->carry, c->carried);
+    memcpy(buf + c->carried, data, len);
+    buf[total] = 0;
+    const char *end = buf + total, *p = buf, *keep = NULL;
+    double wall = now_wall();
+    for (;;) {
+        const char *row = memmem(p, end - p, "{\"id\":", 6);
+        if (!row) break;
+        const char *num = row + 6;
+        while (num < end && *num == ' ') num++;
+        const char *next = memmem(num, end - num, "{\"id\":", 6); /* the next row bounds this one */
+        const char *limit = next ? next : end;
+        const char *ins = after_key(num, limit, "\"ins", 4);
+        const char *stop = ins;
+        while (stop && stop < limit && (isdigit((unsigned char)*stop) || *stop == '.' || *stop == 'e' || *stop == 'E' || *stop == '-' || *stop == '+')) stop++;
+        if (!ins || stop >= limit) {
+            if (!next) { keep = row; break; } /* unfinished: wait for the rest */
+            p = next; /* a row without "ins" (not one of the bench's): not counted */
+            continue;
+        }
+        char *idend;
+        long long id = strtoll(num, &idend, 10);
+        double t = strtod(ins, NULL);
+        if (idend != num && id >= logs_min_id) {
+            if (c->rows && id <= c->last_id) c->disorder++;
+            c->last_id = id;
+            c->rows++;
+            c->id_sum += (uint64_t)id;
+            c->id_mix += mix64((uint64_t)id);
+            res_add(&event_lat, wall - t);
+            events++;
+            last_event_at = now_mono();
+        }
+        p = stop;
+    }
+    /* carry the unfinished row, or else the last few bytes (a marker split between reads) */
+    int rest;
+    const char *from;
+    if (keep) { from = keep; rest = (int)(end - keep); }
+    else { from = end - 16 > p ? end - 16 : p; rest = (int)(end - from); }
+    if (rest > CARRY) { from = end - CARRY; rest = CARRY; } /* cannot happen with the bench's rows */
+    memmove(c->carry, from, rest);
+    c->carried = rest;
+    if (buf != scan_buf) free(buf);
+}
+
+static void scan(conn_t *c, const char *data, int len) {
+    if (logs_mode) scan_rows(c, data, len);
+    else scan_frames(c, data, len);
 }
 
 static int parse_sources(const char *arg, struct sockaddr_in *out) {
@@ -282,13 +398,18 @@ int main(int argc, char **argv) {
     double t0 = now_mono(), all_up_at = 0, last_up = 0;
     run_began = t0;
     if (getenv("LOADGEN_CONNECT_LOG")) connect_log = fopen(getenv("LOADGEN_CONNECT_LOG"), "w");
+    if (getenv("LOADGEN_LOGS")) { logs_mode = 1; logs_min_id = atoll(getenv("LOADGEN_LOGS")); }
+    if (getenv("LOADGEN_QUIET")) QUIET = atof(getenv("LOADGEN_QUIET"));
     struct epoll_event evs[1024];
     char rbuf[65536];
 
 
     while (!stop_flag) {
         double t = now_mono();
-        if (reset_flag) { reset_flag = 0; events = 0; retry_frames = 0; error_frames = 0; event_lat.n = event_lat.seen = 0; }
+        if (reset_flag) {
+            reset_flag = 0; events = 0; retry_frames = 0; error_frames = 0; event_lat.n = event_lat.seen = 0;
+            for (long i = 0; i < count; i++) { conns[i].rows = conns[i].disorder = 0; conns[i].id_sum = conns[i].id_mix = 0; }
+        }
         if (mark_flag) { mark_flag = 0; events_at_mark = events; mark_at = now_mono(); }
         /* open connections again whose retry is due, then new ones */
         while (rq_len && inflight < 256 && rq_due[rq_head] <= t) {
@@ -371,11 +492,11 @@ int main(int argc, char **argv) {
                             char tail[CARRY];
                             memcpy(tail, c->carry + head_len, rest);
                             c->carried = 0;
-                            if (rest > 0) scan_frames(c, tail, rest);
-                            if (take < r) scan_frames(c, rbuf + take, (int)(r - take)); /* what did not fit */
+                            if (rest > 0) scan(c, tail, rest);
+                            if (take < r) scan(c, rbuf + take, (int)(r - take)); /* what did not fit */
                             continue;
                         }
-                        scan_frames(c, rbuf, (int)r);
+                        scan(c, rbuf, (int)r);
                         continue;
                     }
                     if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
@@ -442,7 +563,15 @@ int main(int argc, char **argv) {
     first = 1;
     for (long i = 0; i < opened; i++)
         if (conns[i].why == CLOSED_EARLY) { printf("%s%ld", first ? "" : ",", i); first = 0; }
-    printf("]}\n");
+    printf("]");
+    if (logs_mode) {
+        printf(",\"logs\":[");
+        for (long i = 0; i < count; i++)
+            printf("%s[%ld,%llu,%llu,%ld]", i ? "," : "", conns[i].rows, (unsigned long long)conns[i].id_sum,
+                   (unsigned long long)conns[i].id_mix, conns[i].disorder);
+        printf("]");
+    }
+    printf("}\n");
     if (connect_log) fclose(connect_log);
     return 0;
 }

