@@ -94,8 +94,8 @@ async def test_second_signal_closes_everything_at_once(server):
         await client.start_stream()
         clients.append(client)
     server.signal(signal.SIGTERM)
-    await refusing(server.port)  # the first signal handled: the listener is closed
-    server.signal(signal.SIGTERM)  # the same request twice (a process group's copy): still draining
+    server.signal(signal.SIGTERM)  # the same request twice, at once (a process group's copy): still draining
+    await refusing(server.port)  # the signal handled: the listener is closed
     ending = [asyncio.ensure_future(_end_of(c, 60)) for c in clients]
     done, _ = await asyncio.wait(ending, timeout=10, return_when=asyncio.FIRST_COMPLETED)
     assert len(done) == 1, "the drain closes one stream at once (the next after 40 s)"
