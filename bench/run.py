@@ -260,6 +260,22 @@ def build_loadgen(work: str) -> str:
     return out
 
 
+def load_with(
+    args: argparse.Namespace,
+    loadgen: str,
+    server: Server,
+    paths: list[str],
+    hold: float,
+    work: str,
+    ramp: float | None = None,
+    **extra: Any,
+) -> Load:
+    """The load generators on ``paths`` with this run's own options (``--ramp`` unless ``ramp`` is given,
+    ``--no-sources``, ``--retry-refused``); ``extra``: ``processes``, ``env``."""
+    ramp = args.ramp if ramp is None else ramp
+    return Load(loadgen, server.port, paths, hold, work, ramp, not args.no_sources, args.retry_refused, **extra)
+
+
 def paths_for(streams: int, attackers: list[str], tokens: list[str]) -> list[str]:
     return [
         f"/api/v1/attackers/{attackers[i % len(attackers)]}/events?token={tokens[i % len(tokens)]}"
@@ -873,16 +889,8 @@ def scenario_idle(
     attackers = [f"a-{i}" for i in range(ATTACKERS)]
     before = server.rss_kb()
     prof.start(server, "idle")
-    load = Load(
-        loadgen,
-        server.port,
-        paths_for(args.idle_streams, attackers, tokens),
-        600,  # stopped once measured
-        work,
-        args.ramp,
-        not args.no_sources,
-        args.retry_refused,
-    )
+    paths = paths_for(args.idle_streams, attackers, tokens)
+    load = load_with(args, loadgen, server, paths, 600, work)  # stopped once measured
     try:
         ready = load.wait_ready(args.idle_streams / max(args.ramp, 1) + 120)
         time.sleep(args.idle_hold)
@@ -914,15 +922,14 @@ def scenario_storm(
     queries_before = counter(scrape(server), "lurestream_snapshot_queries_total")
     prof.start(server, "storm")
     cpu = server.cpu_seconds()
-    load = Load(
+    load = load_with(
+        args,
         loadgen,
-        server.port,
+        server,
         paths_for(args.storm_streams, attackers, tokens),
         1,
         work,
-        0,
-        not args.no_sources,
-        args.retry_refused,
+        ramp=0,
     )
     try:
         res = load.results()
@@ -965,17 +972,7 @@ def scenario_fanout(
     else:
         paths = paths_for(streams, attackers, tokens)
     hold = args.duration + args.grace + 600  # stopped at the end of the grace
-    load = Load(
-        loadgen,
-        server.port,
-        paths,
-        hold,
-        work,
-        args.ramp,
-        not args.no_sources,
-        args.retry_refused,
-        processes=args.loadgens if firehose else 0,
-    )
+    load = load_with(args, loadgen, server, paths, hold, work, processes=args.loadgens if firehose else 0)
     try:
         load.wait_ready(streams / max(args.ramp, 1) + 120)
         time.sleep(1)
@@ -1315,18 +1312,8 @@ def scenario_logfeed(
     base = writer.prepare()
     paths = [log_path(filters[i % len(filters)], tokens[i % len(tokens)]) for i in range(viewers)]
     hold = args.duration + args.grace + 600  # stopped at the end of the grace
-    load = Load(
-        loadgen,
-        server.port,
-        paths,
-        hold,
-        work,
-        args.ramp,
-        not args.no_sources,
-        args.retry_refused,
-        processes=args.loadgens,
-        env={"LOADGEN_LOGS": str(base), "LOADGEN_QUIET": str(args.logfeed_quiet)},
-    )
+    env = {"LOADGEN_LOGS": str(base), "LOADGEN_QUIET": str(args.logfeed_quiet)}
+    load = load_with(args, loadgen, server, paths, hold, work, processes=args.loadgens, env=env)
     try:
         load.wait_ready(viewers / max(args.ramp, 1) + 120)
         time.sleep(args.logfeed_settle)  # the openings (stats, histogram) are out; the tail is at the present
