@@ -149,6 +149,7 @@ class LogFeed:
         self._rows_since_stats = 0
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False  # set by close(): the poll loop ends at its next turn, cancelled or not
 
     # -- streams -----------------------------------------------------------------------------------------
     def view(self, log_filter: LogFilter) -> LogView:
@@ -173,10 +174,15 @@ class LogFeed:
     # -- life ----------------------------------------------------------------------------------------------
     def start(self) -> None:
         if self._task is None:
+            self._closing = False
             self._loop = asyncio.get_running_loop()
             self._task = asyncio.ensure_future(self._run())
 
     async def close(self) -> None:
+        """End the poll loop. The flag, not only the cancellation: a cancellation can be lost on its way (a
+        driver that turns it into a store error, or Python ≤ 3.11's ``asyncio.wait_for``, gh-86296), and the
+        loop then ran on for ever — a loaded suite run waited 20 s in ``Services.close`` here."""
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -186,7 +192,7 @@ class LogFeed:
         """Poll every ``poll_seconds``; refresh stats and send stats and histograms every ``stats_seconds``
         while rows arrive. A store that does not answer is tried again at the next poll."""
         next_stats = time.monotonic() + self.settings.stats_seconds
-        while True:
+        while not self._closing:
             try:
                 if not self.started:
                     self.position = await self._query("tail", self.store.last_log_id())

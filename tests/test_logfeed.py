@@ -250,3 +250,31 @@ async def test_a_log_stream_ends_when_its_credential_expires(ls):
     while (frame := await client.next_event(5)).event != "end":
         pass
     assert frame.json() == {"reason": "expired"}
+
+
+@pytest.mark.gen_test(timeout=30)
+@FAST
+async def test_closing_ends_the_tail_even_when_its_cancellation_is_lost(ls):
+    """A query that turns the cancellation into a store error (as a driver may; Python ≤ 3.11's wait_for can
+    lose one too): the tail's loop still ends, and shutdown does not wait for ever."""
+    from lurestream.store import StoreUnavailable
+
+    feed = ls.services.logs
+    await wait_started(ls)
+    store, entered = feed.store, asyncio.Event()
+    real = store.logs_after
+
+    async def loses_the_cancellation(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # a query that answers only when cancelled
+        except asyncio.CancelledError:
+            raise StoreUnavailable("cancelled mid-query") from None
+        return await real(*args, **kwargs)
+
+    store.logs_after = loses_the_cancellation
+    try:
+        await asyncio.wait_for(entered.wait(), 10)
+        await asyncio.wait_for(feed.close(), 10)
+    finally:
+        store.logs_after = real
