@@ -527,9 +527,10 @@ class Simulation:
             last = await self.db.logs.find({"_id": {"$gt": 0}}, {"_id": 1}).sort("_id", -1).limit(1).to_list(1)
             self.log_id = int(last[0]["_id"]) if last else LOG_ID_BASE
             self.orchestrator_id = await self.db.orchestrator_events.count_documents({})
-            self.ips = [a["ip"] for a in ATTACKERS] * 12 + [
-                d["ip"] async for d in self.db.attackers.find({}, {"ip": 1}).limit(120)
-            ]
+            # the active ones are scored ones: DECNET's scorer scores whom it sees, so an unscored attacker is
+            # one not seen since it was imported (a log row would move it to the top of the picker unscored)
+            scored = self.db.attackers.find({"score": {"$exists": True}}, {"ip": 1}).limit(120)
+            self.ips = [a["ip"] for a in ATTACKERS] * 12 + [d["ip"] async for d in scored]
             await asyncio.gather(self._events(rate), self._logs(max(rate, 1.0)), self._last_seen())
         finally:
             await self.nc.close()
