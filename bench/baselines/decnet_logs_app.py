@@ -31,7 +31,6 @@ import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import jwt
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -41,7 +40,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from lurestream.logsearch import SearchError, parse_search, parse_time  # noqa: E402
 
-SECRET = os.environ["LURESTREAM_JWT_SECRET"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from seed_app import authenticate  # noqa: E402  (the same auth as the seed baseline)
+
 POLL_SECONDS = 1
 POLL_LIMIT = 50
 STATS_INTERVAL = 10  # polls between the aggregates
@@ -55,17 +56,6 @@ queries = {"max_id": 0, "poll": 0, "stats": 0, "histogram": 0}
 async def startup() -> None:
     client = AsyncMongoClient(os.environ.get("LURESTREAM_MONGO_URI", "mongodb://127.0.0.1:27017"))
     state["db"] = client[os.environ.get("LURESTREAM_MONGO_DB", "decnet")]
-
-
-async def authenticate(token: str) -> dict:
-    try:
-        claims = jwt.decode(token, SECRET, algorithms=["HS256"], audience="decnet-dashboard", issuer="decnet")
-    except jwt.PyJWTError:
-        raise HTTPException(401, "Could not validate credentials") from None
-    user = await state["db"].users.find_one({"_id": claims["uuid"]})
-    if user is None or await state["db"].revoked_tokens.find_one({"_id": claims["jti"]}):
-        raise HTTPException(401, "Could not validate credentials")
-    return user
 
 
 def _row(doc: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +126,7 @@ async def stream_events(
     end_time: str | None = None,
     lastEventId: int = 0,  # noqa: N803 (DECNET's name)
 ) -> StreamingResponse:
-    await authenticate(token)
+    await authenticate(state["db"], token)
     try:
         log_filter = parse_search(
             search or "",

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+from typing import Any
 
 import jwt
 import nats
@@ -33,20 +34,21 @@ async def startup() -> None:
     state["db"] = client[os.environ.get("LURESTREAM_MONGO_DB", "decnet")]
 
 
-async def authenticate(token: str) -> dict:
+async def authenticate(db: Any, token: str) -> dict:
+    """The JWT, the user and the revocation look-ups as lurestream does them (also the DECNET log baseline's)."""
     try:
         claims = jwt.decode(token, SECRET, algorithms=["HS256"], audience="decnet-dashboard", issuer="decnet")
     except jwt.PyJWTError:
         raise HTTPException(401, "Could not validate credentials") from None
-    user = await state["db"].users.find_one({"_id": claims["uuid"]})
-    if user is None or await state["db"].revoked_tokens.find_one({"_id": claims["jti"]}):
+    user = await db.users.find_one({"_id": claims["uuid"]})
+    if user is None or await db.revoked_tokens.find_one({"_id": claims["jti"]}):
         raise HTTPException(401, "Could not validate credentials")
     return user
 
 
 @app.get("/api/v1/attackers/{attacker_uuid}/events")
 async def attacker_events(attacker_uuid: str, request: Request, token: str = "") -> StreamingResponse:
-    await authenticate(token)
+    await authenticate(state["db"], token)
     attacker = await state["db"].attackers.find_one({"_id": attacker_uuid})
     if attacker is None:
         raise HTTPException(404, "Attacker not found")
