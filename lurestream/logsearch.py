@@ -4,7 +4,7 @@ The live log feed tails the ``logs`` collection once per process and filters eve
 open stream, so a search is compiled once (``parse_search``) into a ``LogFilter`` whose ``matches`` does
 only plain string work — ``==``, substring tests and a precomputed ``casefold`` — never a regular
 expression built from user text (a pattern compiled from a search would let a viewer pick its backtracking
-cost); a long word's substring test is an escaped literal (``_finder``), which has no backtracking at all.
+cost); a long word's substring test is an escaped literal (``_long_word``), which has no backtracking at all.
 ``LogRow`` prepares a row once for many filters: the casefolded text, the ``fields`` JSON and the
 timestamp are each computed at most once per row, however many streams and terms need them.
 
@@ -59,7 +59,7 @@ Semantics (each decision where protocol §15 is silent; the DECNET behaviour it 
   characters, one holding more than ``MAX_SEARCH_TERMS`` (32) distinct terms (after dropping empty and
   repeated ones), text that is not valid Unicode (a lone surrogate). The term bound is what keeps a
   row's cost linear: at most 32 scans of each text field, each linear in the field's length whatever the
-  row and the word hold (``_finder``: CPython's ``in`` is not, for a word of 6–99 characters in a text
+  row and the word hold (``_long_word``: CPython's ``in`` is not, for a word of 6–99 characters in a text
   under 30,000).
 - Two searches with the same terms in any order, repeated, or with bare words differing only in case,
   and bounds naming the same instants, have the same ``LogFilter.key``. A bare word contained in another
@@ -339,7 +339,7 @@ class LogFilter:
     Immutable; equal (and hashing equal) exactly when ``key`` is, so filters can key a shared cache.
     """
 
-    __slots__ = ("_equals", "_fields", "_words", "_finders", "_start", "_end", "_key")
+    __slots__ = ("_equals", "_fields", "_words", "_short", "_long", "_start", "_end", "_key")
 
     def __init__(
         self,
@@ -353,7 +353,10 @@ class LogFilter:
         self._equals = equals
         self._fields = fields
         self._words = words
-        self._finders = tuple(_finder(word) for word in words)
+        # a short word is tested with ``in`` inline (the common case, no call); a long one with a linear
+        # search (``_long_word``: ``in`` is not linear for it)
+        self._short = tuple(word for word in words if len(word) <= SHORT_WORD)
+        self._long = tuple(_long_word(word) for word in words if len(word) > SHORT_WORD)
         self._start = start
         self._end = end
         self._key: FilterKey = (
@@ -428,10 +431,13 @@ class LogFilter:
             for term in self._fields:
                 if not term.matches(fields.get(term.key, _MISSING)):
                     return False
-        if self._finders:
+        if self._words:
             haystacks = prepared.folded()
-            for found_in in self._finders:
-                if not any(found_in(haystack) for haystack in haystacks):
+            for word in self._short:
+                if not any(word in haystack for haystack in haystacks):
+                    return False
+            for search in self._long:
+                if not any(search(haystack) for haystack in haystacks):
                     return False
         return True
 
@@ -456,19 +462,18 @@ class LogFilter:
         return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
-def _finder(word: str) -> Callable[[str], object]:
-    """A test of whether ``word`` occurs in a text, linear in the text's length whatever either holds.
+def _long_word(word: str) -> Callable[[str], object]:
+    """A test of whether ``word`` (longer than ``SHORT_WORD``) occurs in a text, linear in the text's length
+    whatever either holds.
 
     CPython's ``in`` (``fastsearch``) is a Horspool-like scan that, for a needle of 6 to 99 characters in
     a haystack under 30,000, may compare up to the needle's length at every position: O(n·m). Rows are
     the attackers' own text, so ``aaaa…`` against a search word ``aaa…ab`` made that 13 ms a row for ten
     99-character words — a few such rows a second and one viewer's search stalls every stream of the
     process. An escaped literal pattern has no backtracking, and CPython's ``re`` scans for a literal
-    prefix with a KMP overlap table: O(n + m). A short word keeps ``in`` (at most ``SHORT_WORD``
+    prefix with a KMP overlap table: O(n + m). Short words keep ``in`` (at most ``SHORT_WORD``
     comparisons per character, and faster on ordinary text).
     """
-    if len(word) <= SHORT_WORD:
-        return lambda text: word in text
     return re.compile(re.escape(word)).search
 
 
