@@ -29,6 +29,9 @@ from lurestream.config import Config, config_from  # noqa: E402
 from lurestream.localservices import LocalService, mongo_wire_server, nats_server  # noqa: E402
 from lurestream.server import Services, make_app, make_server  # noqa: E402
 
+# a failed test's report stays readable on CPython 3.11 (see report_guard's docstring)
+pytest_plugins = ("report_guard",)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lurestream(**settings): config overrides for the app under test")
