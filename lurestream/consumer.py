@@ -76,6 +76,7 @@ class StreamConsumer:
         self._sub: JetStreamContext.PushSubscription | None = None
         self._subscribed_at = 0.0
         self._watcher: asyncio.Task[None] | None = None
+        self._closing = False  # set by close(): the watch ends at its next turn, cancelled or not
         self._check_now = asyncio.Event()
         self._replace = False  # the consumer is to be replaced (after a reconnect)
         self._next_probe = 0.0
@@ -133,6 +134,10 @@ class StreamConsumer:
         self.check_soon()
 
     async def close(self) -> None:
+        """End the watch, then the consumer. The flag, not only the cancellation: a ``check_soon`` in the
+        same tick as the close completes the watch's ``asyncio.wait_for`` as it is cancelled, and Python ≤
+        3.11 then drops the cancellation (gh-86296) — the watch ran on, and shutdown waited for ever."""
+        self._closing = True
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
@@ -225,6 +230,8 @@ class StreamConsumer:
                 await asyncio.wait_for(self._check_now.wait(), timeout=0.5)
             except asyncio.TimeoutError:
                 pass
+            if self._closing:
+                return
             now = time.monotonic()
             silent = self._silent_for(now)
             waiting = (self._sub is None or self._replace or silent > REPLACE_SECONDS) and bool(self.hub.epoch)

@@ -190,6 +190,18 @@ async def test_a_recreated_stream_loses_nothing_and_its_old_ids_are_never_resume
     assert ns(await events(current, 2)) == [9, 10]
 
 
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.lurestream(jetstream=True)
+async def test_closing_ends_the_consumer_watch_even_when_a_check_was_just_asked_for(ls):
+    """A reconnect asks the watch to check at once; a close in the same tick cancelled the watch while its
+    ``asyncio.wait_for`` was returning — Python ≤ 3.11 then drops the cancellation (gh-86296) and the watch
+    ran on for ever, holding ``Services.close``. The watch ends on close's flag, not only its cancellation."""
+    consumer = ls.hub.consumer
+    await _wait(lambda: consumer is not None and consumer.open, 10, "the consumer")
+    consumer.check_soon()  # wakes the watch's wait_for: it completes in the same tick as the cancellation
+    await asyncio.wait_for(consumer.close(), 10)
+
+
 @pytest.mark.gen_test(timeout=90)
 @pytest.mark.lurestream(jetstream=True)
 async def test_a_deleted_stream_is_recreated_and_followed_within_10_seconds(ls):
