@@ -115,16 +115,27 @@ def js_stream(nats_service: Any, io_loop: Any) -> Iterator[str]:
     name = "LS_" + uuid.uuid4().hex[:12]
     yield name
 
-    async def delete() -> None:
+    async def delete() -> list[str]:
         nc = await nats.connect(nats_service.url)
         try:
-            await nc.jetstream().delete_stream(name)
-        except nats.js.errors.NotFoundError:
-            pass
+            js = nc.jetstream()
+            for own in (name, f"{name}_probe"):  # the stream, and the one its storage probe writes to
+                try:
+                    await js.delete_stream(own)
+                except nats.js.errors.NotFoundError:
+                    pass
+            # Any other test stream still there was re-created after its test (a server still running when
+            # its stream was deleted): it would capture the same subjects as every later test's stream and
+            # fail them all. Delete it, and fail here, where it shows.
+            strays = [info.config.name for info in await js.streams_info() if info.config.name.startswith("LS_")]
+            for stray in strays:
+                await js.delete_stream(stray)
+            return strays
         finally:
             await nc.close()
 
-    io_loop.run_sync(delete)
+    strays = io_loop.run_sync(delete)
+    assert not strays, f"test streams outlived their test: {strays}"
 
 
 @pytest.fixture
@@ -144,8 +155,11 @@ def config(nats_service: Any, mongo_service: Any, db_name: str, request: pytest.
 
 
 @pytest.fixture
-def start_server(tmp_path, nats_service, mongo_service, mongo, db_name):
-    """Start ``lurestream serve`` on the test's services and database, with extra settings."""
+def start_server(tmp_path, nats_service, mongo_service, mongo, db_name, js_stream):
+    """Start ``lurestream serve`` on the test's services and database, with extra settings. It depends on
+    ``js_stream`` so that its servers stop before the test's stream is deleted: a server still running
+    re-creates a deleted stream (as it must in production), and the stray stream's subjects then overlap
+    every later test's stream."""
     started = []
 
     def start(wait_ready=True, **settings):
