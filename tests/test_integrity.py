@@ -421,14 +421,27 @@ async def test_readiness_names_each_failure_and_recovers_by_itself(private_nats,
             os.kill(private_nats.proc.pid, signal.SIGCONT)
         await _until_ready(ls, 200, 20, "the server resumed")
 
-        # nats.py's read loop dead on a live connection: it would receive nothing
+        # nats.py's read loop dead on a live connection: it would receive nothing. The hub's watch reconnects
+        # within a second of noticing; its reconnect is held until readiness has been read (unheld, a loaded
+        # box sometimes read /readyz only after the reconnect had begun: "bus unavailable", not "read loop").
         nc = ls.hub._nc
         assert nc is not None and nc._reading_task is not None
-        nc._reading_task.cancel()
-        await _wait(lambda: not nc.read_loop_alive, 5, "the read loop to end")
-        code, body = await _ready(ls)
-        assert code == 503 and "read loop" in body["detail"], body
+        recover, readiness_read = nc.recover, asyncio.Event()
+
+        async def recover_once_read() -> None:
+            await readiness_read.wait()
+            await recover()
+
+        nc.recover = recover_once_read  # type: ignore[method-assign]
+        try:
+            nc._reading_task.cancel()
+            await _wait(lambda: not nc.read_loop_alive, 5, "the read loop to end")
+            code, body = await _ready(ls)
+            assert code == 503 and "read loop" in body["detail"], body
+        finally:
+            readiness_read.set()
         await _until_ready(ls, 200, 15, "the connection recovered")
+        assert nc.read_loop_alive, "recovered by the hub's own watch"
         client = await ls.attacker(A)
         await ls.publish_stored("attacker.scored", {"attacker_uuid": A, "n": 1})
         assert ns(await events(client, 1)) == [1], "and events flow again"
