@@ -104,6 +104,7 @@ class ClusterCap:
         self._others: dict[str, dict[str, int]] = {}  # user -> {process: streams}
         self._dirty: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False  # set by close(): the heartbeat ends at its next turn, cancelled or not
         self._publishing: asyncio.Task[None] | None = None
 
     # -- what handlers and the writer call ---------------------------------------------------------------
@@ -231,7 +232,11 @@ class ClusterCap:
             self._kick()
 
     async def close(self) -> None:
-        """Stop, and remove this process's keys (a clean stop frees its slots at once everywhere)."""
+        """Stop, and remove this process's keys (a clean stop frees its slots at once everywhere). The
+        heartbeat ends on a flag too: nats.py's requests wait with ``asyncio.wait_for``, which on Python ≤
+        3.11 can drop a cancellation that arrives with the reply (gh-86296) — the loop then ran on for
+        ever and held ``Services.close`` (a loaded suite run, 20 s)."""
+        self._closing = True
         tasks = [*self._tasks, *([self._publishing] if self._publishing is not None else [])]
         for task in tasks:
             task.cancel()
@@ -280,7 +285,7 @@ class ClusterCap:
     async def _beat(self) -> None:
         """Every ``lease / 3``: check the bucket is still the one watched (re-open it if not), put the
         heartbeat, purge the dead."""
-        while True:
+        while not self._closing:
             if self._js is not None and self._connected:
                 try:
                     if self._kv is None or await self._bucket_changed():

@@ -65,6 +65,7 @@ class Services:
     _store_watch: asyncio.Task[None] | None = None
     _store_up: bool = False
     _ping_since: float = 0.0  # when the ping in flight began (0: none in flight)
+    _closing: bool = False  # set by close(): the store watch ends at its next turn, cancelled or not
 
     @classmethod
     def build(
@@ -172,7 +173,7 @@ class Services:
         return self._store_up and not slow
 
     async def _watch_store(self, first: asyncio.Event) -> None:
-        while True:
+        while not self._closing:
             self._ping_since = time.monotonic()
             try:
                 await self.store.ping()
@@ -192,7 +193,11 @@ class Services:
         self.mint_rate.purge()
 
     async def close(self) -> None:
-        """Stop in reverse order of start: housekeeping, the hub (every stream ends), the store."""
+        """Stop in reverse order of start: housekeeping, the hub (every stream ends), the store. Each
+        background loop ends on a flag as well as its cancellation: a cancellation can be lost on its way
+        (a driver that turns it into an error, Python ≤ 3.11's ``asyncio.wait_for``, gh-86296), and a
+        loop that runs on holds shutdown for ever."""
+        self._closing = True
         if self._housekeeping is not None:
             self._housekeeping.stop()
             self._housekeeping = None

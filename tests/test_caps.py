@@ -231,3 +231,32 @@ async def test_a_reconnect_at_the_cap_is_told_to_wait_a_first_connect_is_refused
     waited = await reconnect.unavailable()
     assert waited is not None and waited["status"] == 429 and 1000 <= waited["retry_ms"] <= 2500, waited
     held.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.lurestream(jetstream=True, cap_lease_seconds=3)
+async def test_closing_ends_the_heartbeat_even_when_its_cancellation_is_lost(ls):
+    """nats.py's requests wait with ``asyncio.wait_for``, which on Python ≤ 3.11 drops a cancellation that
+    arrives with the reply (gh-86296): the heartbeat loop ran on, and shutdown waited for ever (a loaded
+    suite run, 20 s in ``Services.close``). A put that swallows the cancellation: close still returns."""
+    cap = ls.services.limiter
+    assert isinstance(cap, ClusterCap)
+    await until(lambda: cap._kv is not None, 10, "the cap bucket")
+    kv, entered = cap._kv, asyncio.Event()
+    assert kv is not None
+    real_put = kv.put
+
+    async def loses_the_cancellation(*args: object, **kwargs: object) -> int:
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # a reply that lands just as the cancellation does
+        except asyncio.CancelledError:
+            return 0
+        return await real_put(*args, **kwargs)  # type: ignore[arg-type]
+
+    kv.put = loses_the_cancellation  # type: ignore[method-assign]
+    try:
+        await asyncio.wait_for(entered.wait(), 10)  # the next heartbeat, within lease / 3
+        await asyncio.wait_for(cap.close(), 10)
+    finally:
+        kv.put = real_put  # type: ignore[method-assign]

@@ -199,3 +199,27 @@ async def test_a_stream_that_fails_gives_its_slot_back_once(ls, monkeypatch, whe
     await asyncio.sleep(0.3)  # on purpose: time for a second release to show
     assert ls.services.limiter.held(VIEWER) == 1, "exactly once: the healthy stream still holds its slot"
     healthy.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_closing_ends_the_store_watch_even_when_its_cancellation_is_lost(ls):
+    """A ping that turns the cancellation into a store error (as a driver may): the store watch caught it
+    as an outage, pinged again and ran on for ever, and shutdown waited for it. It ends on close's flag."""
+    from lurestream.store import StoreUnavailable
+
+    services, entered = ls.services, asyncio.Event()
+    real_ping = services.store.ping
+
+    async def loses_the_cancellation() -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # a ping that answers only when cancelled
+        except asyncio.CancelledError:
+            raise StoreUnavailable("cancelled mid-ping") from None
+
+    services.store.ping = loses_the_cancellation  # type: ignore[method-assign]
+    try:
+        await asyncio.wait_for(entered.wait(), 10)  # the next ping, within half a second
+        await asyncio.wait_for(services.close(), 10)
+    finally:
+        services.store.ping = real_ping  # type: ignore[method-assign]
